@@ -1,0 +1,46 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both build their own .venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip --disable-pip-version-check
+
+.PHONY: install demo test lint bench clean wordnet
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first (the CPU wheel), then everything else under a constraint that keeps it.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	@$(MAKE) --no-print-directory wordnet
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Real WordNet 3.0 from Debian's packages (no download at run time); skipped where it is already present.
+wordnet:
+	@if [ ! -f /usr/share/wordnet/data.noun ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1)) \
+	     || echo "warning: could not install WordNet (apt-get install wordnet-base wordnet-sense-index)"; \
+	  else echo "note: WordNet not found; install Debian's wordnet-base + wordnet-sense-index or run nltk.download('wordnet')"; fi; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/python train.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) outputs multirun mlruns mlflow.db .cache

@@ -1,0 +1,7 @@
+"""MedGR2: Generative Reward Learning for Medical Reasoning."""
+
+from medgr2.utils.resolvers import register_resolvers
+
+__version__ = "0.1.0"
+
+register_resolvers()

@@ -1,0 +1,71 @@
+"""SFT policy (warm start, Eq. 2): next-token loss on the answer tokens only.
+
+Also used for the embedded model's pretraining and for distilling the generator: one training loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from medgr2.data.collate import model_inputs
+from medgr2.models.factory import ModelSpec, count_parameters, load_vlm
+from medgr2.modules.optim import adamw_warmup_cosine
+from medgr2.rl.lm_loss import answer_nll, letter_stats
+
+
+class VLMModule(L.LightningModule):
+    """Base: owns the VLM and its processor (from the model factory) and the optimizer settings."""
+
+    def __init__(self, model: dict[str, Any], weights: str | None = None, lr: float = 1e-3,
+                 weight_decay: float = 0.0, warmup_steps: int = 50, total_steps: int = 1000,
+                 eight_bit_optim: bool = False, lora: bool | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = ModelSpec.from_config(model)
+        self.model, self.processor = load_vlm(self.spec, weights=weights, lora=lora)
+        total, trainable = count_parameters(self.model)
+        self.n_params, self.n_trainable = total, trainable
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps,
+                                   hp.total_steps, hp.eight_bit_optim)
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Save weights + processor with ``save_pretrained`` (LoRA merged) for later stages to load."""
+        from medgr2.utils.io import atomic_dir
+
+        model = self.model
+        if hasattr(model, "merge_and_unload"):
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+        return Path(out_dir)
+
+
+class SFTPolicy(VLMModule):
+    """Supervised fine-tuning on chat items; logs the whole-answer loss and the answer-letter loss/accuracy."""
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self.model(**model_inputs(batch)).logits  # (B, T, V)
+        loss = answer_nll(logits, batch["labels"])
+        stats = letter_stats(logits, batch["input_ids"], batch["letter_pos"], batch["letter_ids"])
+        bs = batch["input_ids"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
+        for k, v in stats.items():
+            if not torch.isnan(v):
+                self.log(f"{stage}/{k}", v, prog_bar=k == "letter_acc", batch_size=bs, sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")

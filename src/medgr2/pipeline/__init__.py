@@ -1,0 +1,47 @@
+"""Stage wiring: ``train.py`` hands the composed config to :func:`run`, which dispatches on ``stage.name``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import lightning as L
+from omegaconf import DictConfig
+
+from medgr2.pipeline.tracking import Tracker, make_tracker
+
+log = logging.getLogger(__name__)
+
+
+def _stages() -> dict[str, Callable[[DictConfig, Tracker], dict[str, float]]]:
+    from medgr2.pipeline.evaluate import run_evaluate
+    from medgr2.pipeline.inspect_data import run_inspect
+    from medgr2.pipeline.pretrain import base_weights
+    from medgr2.pipeline.sft import run_sft
+
+    def run_pretrain_stage(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+        path = base_weights(cfg, tracker)
+        print(f"pretrained base: {path}")
+        return {}
+
+    return {"pretrain": run_pretrain_stage, "sft": run_sft, "evaluate": run_evaluate, "inspect": run_inspect}
+
+
+STAGE_NAMES = ("pretrain", "sft", "evaluate", "inspect")
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the stage ``cfg.stage.name``; returns its final metrics (also logged to MLflow)."""
+    stages = _stages()
+    name = cfg.stage.name
+    if name not in stages:
+        raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(sorted(stages))}")
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    tracker = make_tracker(cfg, name)
+    try:
+        metrics = stages[name](cfg, tracker)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return metrics

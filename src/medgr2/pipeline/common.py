@@ -1,0 +1,111 @@
+"""What every stage needs: data by config, a Lightning Trainer by config, cache keys, paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def to_dict(node: Any) -> Any:
+    """OmegaConf node -> plain resolved python containers (other values pass through)."""
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable short hash of JSON-able parts (cache keys for the pretrained base, candidate pools…)."""
+    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.cache_dir).resolve()
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    out = Path(cfg.paths.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def synthmed_config(dcfg: DictConfig):
+    from medgr2.data.synthmed import SynthMedConfig
+
+    keys = SynthMedConfig.__dataclass_fields__
+    d = {k: v for k, v in to_dict(dcfg).items() if k in keys}
+    if "radius" in d:
+        d["radius"] = tuple(d["radius"])
+    return SynthMedConfig(**d)
+
+
+def load_split(cfg: DictConfig, split: str, limit: int | None = None) -> datasets.Dataset:
+    """The canonical-schema dataset for ``split`` of the configured data set (``data.name``)."""
+    dcfg = cfg.data
+    if dcfg.name == "synthmed":
+        from medgr2.data.synthmed import load_synthmed
+
+        scfg = synthmed_config(dcfg)
+        n = scfg.size_of(split) if limit is None else min(limit, scfg.size_of(split))
+        return load_synthmed(scfg, split, cache_dir(cfg) / "data", n=n)
+    if dcfg.name == "omnimedvqa":
+        res = load_omnimedvqa_from_config(cfg, split)
+        ds = _records_dataset(res.records)
+        return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+    raise ValueError(f"unknown data.name {dcfg.name!r} (synthmed, omnimedvqa)")
+
+
+def load_omnimedvqa_from_config(cfg: DictConfig, split: str | None):
+    from medgr2.data.omnimedvqa import load_omnimedvqa
+
+    dcfg = cfg.data
+    if not dcfg.get("root"):
+        raise ValueError("data=omnimedvqa needs data.root=PATH (the folder holding QA_information/ or Splits/)")
+    res = load_omnimedvqa(dcfg.root, layout=dcfg.get("layout", "auto"), split=split, axis=dcfg.get("axis", "modality"),
+                          image_root=dcfg.get("image_root"), limit=dcfg.get("limit"))
+    if res.n_skipped:
+        log.warning("OmniMedVQA %s: skipped %d records: %s", split, res.n_skipped, dict(res.skipped))
+    return res
+
+
+def _records_dataset(records: list[dict]) -> datasets.Dataset:
+    from medgr2.data.schema import to_dataset
+
+    return to_dataset(records)
+
+
+def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | None, val_every: int | None = None,
+                  extra_callbacks: list | None = None) -> L.Trainer:
+    """A Lightning Trainer from ``cfg.trainer`` with our callbacks and the tracker's logger."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if ckpt_dir is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        # Explicit dirpath: with a sqlite: MLflow URI Lightning has no save_dir to put checkpoints in.
+        callbacks.append(ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", save_last=True,
+                                         every_n_train_steps=max(1, int(cfg.trainer.get("ckpt_every", 100)) or 1),
+                                         save_top_k=1, monitor=None, auto_insert_metric_name=False))
+    callbacks.extend(extra_callbacks or [])
+    tcfg = {k: v for k, v in to_dict(cfg.trainer).items() if k not in ("ckpt_every", "name")}
+    strategy = tcfg.pop("strategy", "auto")
+    if isinstance(strategy, dict):
+        strategy = hydra.utils.instantiate(strategy)
+    kwargs: dict[str, Any] = dict(tcfg)
+    kwargs.update(max_steps=max_steps, logger=tracker.lightning_logger(), callbacks=callbacks,
+                  enable_checkpointing=ckpt_dir is not None, strategy=strategy,
+                  default_root_dir=str(output_dir(cfg)))
+    if val_every:
+        kwargs.update(val_check_interval=val_every, check_val_every_n_epoch=None)
+    else:
+        kwargs.update(limit_val_batches=0)
+    return L.Trainer(**kwargs)

@@ -1,0 +1,54 @@
+"""``stage=evaluate`` (also the end of ``stage=sft``): test-split metrics and per-question predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from medgr2.evaluation.evaluate import predict
+from medgr2.evaluation.metrics import summarize
+from medgr2.pipeline.common import load_split, output_dir
+from medgr2.pipeline.tracking import Tracker
+from medgr2.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Path) -> dict[str, float]:
+    """Evaluate on ``evaluate.split``; log metrics and the predictions file to the tracker."""
+    from medgr2.pipeline.pretrain import _instruction
+
+    e = cfg.evaluate
+    rows = load_split(cfg, e.split, limit=e.get("limit"))
+    preds = predict(model, processor, rows, instruction=_instruction(cfg), batch_size=int(e.batch_size),
+                    max_new_tokens=int(e.max_new_tokens))
+    metrics = summarize([p["pred"] for p in preds], [p["gold"] for p in preds], [p["n_options"] for p in preds],
+                        [p["modality"] for p in preds], [p["question_type"] for p in preds],
+                        option_probs=[p["option_probs"] for p in preds])
+    metrics = {f"test/{k}": v for k, v in metrics.items()}
+    # Chance and majority baselines per question type, beside each accuracy (README tables use them).
+    from medgr2.evaluation.metrics import chance_accuracy, majority_accuracy, metric_key
+
+    for qt in sorted({p["question_type"] for p in preds}):
+        sub = [p for p in preds if p["question_type"] == qt]
+        metrics[f"test/chance/qtype/{metric_key(qt)}"] = chance_accuracy([p["n_options"] for p in sub])
+        metrics[f"test/majority/qtype/{metric_key(qt)}"] = majority_accuracy([p["gold"] for p in sub])
+    path = out / "predictions.jsonl"
+    atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in preds))
+    tracker.log_metrics(metrics)
+    tracker.log_artifact(path)
+    log.info("test accuracy %.3f (chance %.3f, majority %.3f) on %d questions",
+             metrics["test/acc"], metrics["test/chance"], metrics["test/majority"], len(preds))
+    return metrics
+
+
+def run_evaluate(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    from medgr2.models.factory import load_vlm
+    from medgr2.pipeline.pretrain import base_weights
+
+    weights = cfg.evaluate.get("weights") or base_weights(cfg, tracker)
+    model, processor = load_vlm(cfg.model, weights=weights, lora=False)
+    return evaluate_model(cfg, model, processor, tracker, output_dir(cfg))

@@ -1,0 +1,86 @@
+"""The embedded world's base model: a short, cached pretraining of the tiny VLM on SynthMed.
+
+A random-init tiny VLM can *see* lesions within a minute but binding an answer to a shuffled option
+letter stalls for minutes (DESIGN.md §3). Real VLMs bring both skills from pretraining, so the tiny one
+gets a stand-in: descriptions of images and option-reading (find the letter of a stated answer), mixed
+throughout, on SynthMed's ``pretrain`` split — disjoint from every benchmark split. The result is cached by
+a hash of the model, data and pretraining config and reused by every later stage and sweep job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from medgr2.data.collate import ChatCollator
+from medgr2.data.prompting import user_text
+from medgr2.data.synthmed import describe
+from medgr2.modules.data import ItemDataset
+from medgr2.modules.sft import SFTPolicy
+from medgr2.pipeline.common import build_trainer, cache_dir, fingerprint, load_split, to_dict
+from medgr2.pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+DESCRIBE_PROMPT = "Describe the image."
+
+
+def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, Any]:
+    """Even indices: describe the image. Odd: read the letter of the answer stated in the rationale."""
+    truth = json.loads(rec["provenance"])["truth"]
+    if truth["index"] % 2 == 0:
+        return {"image": rec["image"], "prompt": DESCRIBE_PROMPT, "prefix": "",
+                "target": f"<think>{describe(truth)}</think>"}
+    return {"image": rec["image"], "prompt": user_text(rec, instruction),
+            "prefix": f"<think>{rec['rationale']}</think>", "target": f"<answer>{rec['answer']}</answer>"}
+
+
+def base_key(cfg: DictConfig) -> str:
+    m = to_dict(cfg.model)
+    model_part = {k: m.get(k) for k in ("tiny", "image_size", "dtype")}
+    return fingerprint(model_part, cfg.data, m.get("pretrain"), cfg.data.get("instruction"))
+
+
+def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
+    """Path of the pretrained base for this config (built and cached on first use), or None when the
+    model is a real checkpoint (``model.pretrain`` unset) or the data is not SynthMed."""
+    pcfg = cfg.model.get("pretrain")
+    if not pcfg or not pcfg.get("enabled", True) or cfg.data.name != "synthmed":
+        return None
+    path = cache_dir(cfg) / "base" / f"pretrained-{base_key(cfg)}"
+    if (path / "config.json").exists():
+        log.info("reusing the cached pretrained base %s", path)
+        return str(path)
+    log.info("pretraining the tiny base model once (cached at %s)", path)
+    run_pretrain(cfg, path, tracker or Tracker())
+    return str(path)
+
+
+def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
+    """Train the tiny VLM on descriptions + option-reading and export it to ``out``."""
+    p = cfg.model.pretrain
+    rows = load_split(cfg, "pretrain", limit=int(p.n_items))
+    instruction = _instruction(cfg)
+    module = SFTPolicy(model=to_dict(cfg.model), weights=None, lr=float(p.lr), warmup_steps=int(p.warmup_steps),
+                       total_steps=int(p.steps), lora=False)
+    loader = DataLoader(ItemDataset(rows, lambda r: pretrain_item(r, instruction)), batch_size=int(p.batch_size),
+                        shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
+    trainer = build_trainer(cfg, tracker, max_steps=int(p.steps), ckpt_dir=None)
+    trainer.fit(module, loader)
+    if trainer.is_global_zero:
+        module.export(out)
+    trainer.strategy.barrier()
+    return out
+
+
+def _instruction(cfg: DictConfig) -> str:
+    from medgr2.data.prompting import INSTRUCTIONS
+
+    key = cfg.data.get("instruction", "short")
+    return INSTRUCTIONS.get(key, key) if key else ""

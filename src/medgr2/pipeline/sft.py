@@ -1,0 +1,65 @@
+"""``stage=sft``: reward-filtered (or raw) SFT warm start, then evaluation on the test split."""
+
+from __future__ import annotations
+
+import logging
+
+import datasets
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from medgr2.data.collate import ChatCollator, vqa_item
+from medgr2.modules.data import ItemDataset
+from medgr2.modules.sft import SFTPolicy
+from medgr2.pipeline.common import build_trainer, load_split, output_dir, to_dict
+from medgr2.pipeline.evaluate import evaluate_model
+from medgr2.pipeline.pretrain import _instruction, base_weights
+from medgr2.pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def training_rows(cfg: DictConfig) -> datasets.Dataset:
+    """SFT data: ``stage.train_data`` (a saved dataset, e.g. a selection) or the benchmark's train split."""
+    s = cfg.stage
+    if s.get("train_data"):
+        rows = datasets.load_from_disk(str(s.train_data))
+    else:
+        rows = load_split(cfg, "train", limit=s.get("train_size"))
+    if s.get("train_size") and len(rows) > int(s.train_size):
+        rows = rows.select(range(int(s.train_size)))
+    if len(rows) == 0:
+        raise ValueError("SFT has no training rows: check stage.train_data / stage.train_size")
+    return rows
+
+
+def run_sft(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    s = cfg.stage
+    weights = s.get("init") or base_weights(cfg, tracker)
+    instruction = _instruction(cfg)
+    think = bool(s.get("think", True))
+    rows = training_rows(cfg)
+    val = load_split(cfg, "val", limit=s.get("val_size"))
+    module = SFTPolicy(model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
+                       warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps))
+    collate = ChatCollator(module.processor)
+
+    def to_item(r):
+        return vqa_item(r, instruction, think=think)
+
+    train_dl = DataLoader(ItemDataset(rows, to_item), batch_size=int(s.batch_size), shuffle=True,
+                          collate_fn=collate, num_workers=0)
+    val_dl = DataLoader(ItemDataset(val, to_item), batch_size=int(s.batch_size), collate_fn=collate)
+    out = output_dir(cfg)
+    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
+                            val_every=min(int(s.get("val_every", 200)), int(s.max_steps)))
+    log.info("SFT on %d rows (think=%s) for %d steps from %s", len(rows), think, s.max_steps, weights or "scratch")
+    trainer.fit(module, train_dl, val_dl, ckpt_path=s.get("ckpt_path"))
+    metrics: dict[str, float] = {"train_rows": float(len(rows))}
+    if trainer.is_global_zero:
+        policy_dir = module.export(out / "policy")
+        tracker.set_tags({"policy_dir": str(policy_dir)})
+        if s.get("evaluate", True):
+            metrics.update(evaluate_model(cfg, module.model, module.processor, tracker, out))
+    trainer.strategy.barrier()
+    return metrics

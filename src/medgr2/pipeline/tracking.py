@@ -1,0 +1,173 @@
+"""MLflow tracking: one run per job, the resolved config (secrets redacted), tags, metrics, artifacts.
+
+``logger=none`` gives a :class:`Tracker` whose methods do nothing, so stages never branch on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SECRET_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a nested dict/list with values under secret-looking keys replaced by ``***``.
+
+    Keys naming an environment variable (``api_key_env``) keep their value: the name is not the secret.
+    """
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            secret = SECRET_PATTERN.search(str(k)) and not str(k).endswith("_env")
+            out[k] = REDACTED if secret and v not in (None, "") else redact(v)
+        return out
+    if isinstance(obj, list | tuple):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """Current git commit (with ``-dirty``), or ``unknown`` outside a repository."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as a redacted plain dict (what is saved and logged)."""
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+class Tracker:
+    """A no-op tracker (``logger=none``); :class:`MLflowTracker` is the real one."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def lightning_logger(self):
+        return False
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class MLflowTracker(Tracker):
+    """One MLflow run in a SQLite store; Lightning's ``MLFlowLogger`` is attached to the same run."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str, run_name: str | None,
+                 tags: Mapping[str, str], params: Mapping[str, Any], parent_run_id: str | None = None):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+            except Exception:  # created by a parallel job in the meantime
+                exp_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            exp_id = exp.experiment_id
+        self.experiment_name = experiment
+        all_tags = dict(tags)
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params).items()}
+        items = list(flat.items())
+        from mlflow.entities import Param
+
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
+              if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        for i in range(0, len(ms), 500):
+            self.client.log_batch(self.run_id, metrics=ms[i : i + 500])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def lightning_logger(self):
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
+                            run_id=self.run_id, log_model=False)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def make_tracker(cfg: DictConfig, stage: str) -> Tracker:
+    """Build the tracker the ``logger`` config group asks for (only on global rank 0)."""
+    lcfg = cfg.get("logger")
+    if not lcfg or lcfg.get("name", "none") == "none" or int(os.environ.get("RANK", "0")) != 0:
+        return Tracker()
+    root = Path(cfg.paths.root).resolve()
+    tags = {
+        "stage": stage,
+        "experiment": str(cfg.get("experiment_name") or "default"),
+        "data": str(cfg.data.name),
+        "model": str(cfg.model.name),
+        "git_commit": git_commit(root),
+        **{str(k): str(v) for k, v in (lcfg.get("tags") or {}).items()},
+    }
+    return MLflowTracker(
+        tracking_uri=str(lcfg.tracking_uri),
+        experiment=str(lcfg.experiment),
+        artifact_location=str(lcfg.artifact_location),
+        run_name=lcfg.get("run_name") or f"{stage}",
+        tags=tags,
+        params=resolved_config(cfg),
+        parent_run_id=lcfg.get("parent_run_id"),
+    )

@@ -1,0 +1,48 @@
+"""Next-token loss on the labelled answer only, plus the answer-letter statistics that make learning visible.
+
+The whole-answer loss hides learning: most target tokens (tags, the fixed rationale format) are learnt in a
+few steps while the letter — the only token that decides accuracy — is one token among dozens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over labelled positions (Eq. 2 of the paper, per token).
+
+    logits: (B, T, V); labels: (B, T) with -100 where there is no target.
+    """
+    shift_logits = logits[:, :-1].float()  # (B, T-1, V) predicts token t+1
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    n = (shift_labels != IGNORE).sum().clamp(min=1)
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss / n
+
+
+def letter_stats(logits: torch.Tensor, input_ids: torch.Tensor, letter_pos: torch.Tensor,
+                 letter_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher-forced loss and accuracy of the answer letter, restricted to the option letters A–D.
+
+    logits: (B, T, V); input_ids: (B, T); letter_pos: (B,) index of the letter token or -1;
+    letter_ids: (L,) token ids of A, B, C, D. Rows without a letter are ignored; with none at all the
+    values are NaN (logged as missing, not as zero).
+    """
+    has = letter_pos >= 0
+    if not bool(has.any()):
+        nan = torch.tensor(float("nan"), device=logits.device)
+        return {"letter_loss": nan, "letter_acc": nan}
+    rows = torch.nonzero(has).squeeze(1)
+    pos = letter_pos[rows]
+    scores = logits[rows, pos - 1][:, letter_ids].float()  # (N, L): the step that predicts the letter
+    target_tok = input_ids[rows, pos]  # (N,)
+    target = (letter_ids.unsqueeze(0) == target_tok.unsqueeze(1)).float().argmax(dim=1)  # (N,)
+    return {
+        "letter_loss": F.cross_entropy(scores, target),
+        "letter_acc": (scores.argmax(dim=1) == target).float().mean(),
+    }
