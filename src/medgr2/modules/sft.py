@@ -24,7 +24,9 @@ class VLMModule(L.LightningModule):
                  weight_decay: float = 0.0, warmup_steps: int = 50, total_steps: int = 1000,
                  eight_bit_optim: bool = False, lora: bool | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        # Not sent to the logger: the tracker already logs the whole resolved config as params, and a
+        # second module in the same run (pretraining inside SFT) would clash with these.
+        self.save_hyperparameters(logger=False)
         self.spec = ModelSpec.from_config(model)
         self.model, self.processor = load_vlm(self.spec, weights=weights, lora=lora)
         total, trainable = count_parameters(self.model)

@@ -15,8 +15,10 @@ log = logging.getLogger(__name__)
 
 def _stages() -> dict[str, Callable[[DictConfig, Tracker], dict[str, float]]]:
     from medgr2.pipeline.evaluate import run_evaluate
+    from medgr2.pipeline.grpo import run_grpo
     from medgr2.pipeline.inspect_data import run_inspect
     from medgr2.pipeline.pretrain import base_weights
+    from medgr2.pipeline.reward import run_grade, run_reward, run_score
     from medgr2.pipeline.sft import run_sft
 
     def run_pretrain_stage(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
@@ -24,10 +26,11 @@ def _stages() -> dict[str, Callable[[DictConfig, Tracker], dict[str, float]]]:
         print(f"pretrained base: {path}")
         return {}
 
-    return {"pretrain": run_pretrain_stage, "sft": run_sft, "evaluate": run_evaluate, "inspect": run_inspect}
+    return {"pretrain": run_pretrain_stage, "sft": run_sft, "evaluate": run_evaluate, "inspect": run_inspect,
+            "grade": run_grade, "reward": run_reward, "score": run_score, "grpo": run_grpo}
 
 
-STAGE_NAMES = ("pretrain", "sft", "evaluate", "inspect")
+STAGE_NAMES = ("pretrain", "sft", "evaluate", "inspect", "grade", "reward", "score", "grpo")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

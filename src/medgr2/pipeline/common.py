@@ -87,7 +87,12 @@ def _records_dataset(records: list[dict]) -> datasets.Dataset:
 def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | None, val_every: int | None = None,
                   extra_callbacks: list | None = None) -> L.Trainer:
     """A Lightning Trainer from ``cfg.trainer`` with our callbacks and the tracker's logger."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    logger = tracker.lightning_logger()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not logger:  # logger=none: callbacks that only feed a logger would refuse to start
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if ckpt_dir is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -101,7 +106,7 @@ def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | 
     if isinstance(strategy, dict):
         strategy = hydra.utils.instantiate(strategy)
     kwargs: dict[str, Any] = dict(tcfg)
-    kwargs.update(max_steps=max_steps, logger=tracker.lightning_logger(), callbacks=callbacks,
+    kwargs.update(max_steps=max_steps, logger=logger, callbacks=callbacks,
                   enable_checkpointing=ckpt_dir is not None, strategy=strategy,
                   default_root_dir=str(output_dir(cfg)))
     if val_every:

@@ -58,7 +58,13 @@ def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
         log.info("reusing the cached pretrained base %s", path)
         return str(path)
     log.info("pretraining the tiny base model once (cached at %s)", path)
-    run_pretrain(cfg, path, tracker or Tracker())
+    child = (tracker or Tracker()).child("pretrain")
+    try:
+        run_pretrain(cfg, path, child)
+    except BaseException:
+        child.finish("FAILED")
+        raise
+    child.finish("FINISHED")
     return str(path)
 
 

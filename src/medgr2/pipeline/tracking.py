@@ -87,6 +87,10 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
+    def child(self, name: str) -> Tracker:
+        """A nested run for work done on the way (e.g. building the pretrained base inside ``stage=sft``)."""
+        return Tracker()
+
 
 class MLflowTracker(Tracker):
     """One MLflow run in a SQLite store; Lightning's ``MLFlowLogger`` is attached to the same run."""
@@ -113,6 +117,7 @@ class MLflowTracker(Tracker):
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
+        self._tags, self._params, self._artifact_location = dict(tags), params, artifact_location
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params).items()}
         items = list(flat.items())
         from mlflow.entities import Param
@@ -146,6 +151,10 @@ class MLflowTracker(Tracker):
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def child(self, name: str) -> Tracker:
+        return MLflowTracker(self.tracking_uri, self.experiment_name, self._artifact_location, name,
+                             {**self._tags, "stage": name}, self._params, parent_run_id=self.run_id)
 
 
 def make_tracker(cfg: DictConfig, stage: str) -> Tracker:

@@ -1,0 +1,350 @@
+"""The reward model R_φ (paper §3): a VLM backbone + a regression head, trained with MSE (Eq. 1).
+
+Input: a chat item whose user turn is the VQA question (image + question + lettered options) and whose
+assistant turn is the candidate response ``<think>rationale</think><answer>X</answer>``; the
+:class:`~medgr2.data.collate.ChatCollator` builds it (``target`` = the response) and left-pads, so the
+final non-pad position — the response's closing ``<|im_end|>``, which attends to the image, the question
+and the whole response — is the last column. The head reads the backbone's last hidden state there.
+
+Target normalisation (``normalize``): the head predicts ``(r - mean) / std`` where mean/std are the
+training targets' (≈ 2.5 and ≈ 6 for the four balanced grades 10/6/0/−6), so the last layer starts at
+zero (every score = the mean) and sees unit-scale targets whatever the grade values; scores are mapped
+back to the grade scale. The loss is Eq. 1 divided by ``std²`` — the same minimiser. With
+``normalize=false`` mean/std are 0/1 and the loss is exactly Eq. 1.
+
+An export (:meth:`RewardRegressor.export`) is a ``save_pretrained`` folder of the backbone (LoRA merged)
+and processor plus ``reward_head.safetensors`` (head weights and the normalisation) and
+``reward_head.json`` (head shape, prompt instruction, model spec, lineage). :func:`load_reward_model`
+restores it; :class:`RewardScorer` scores records or items in batches for the score stage and GRPO.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from medgr2.data.collate import ChatCollator, model_inputs
+from medgr2.data.prompting import response_text, user_text
+from medgr2.evaluation.reward_metrics import (
+    paired_scores,
+    pairwise_accuracy,
+    per_grade_means,
+    regression_metrics,
+)
+from medgr2.modules.optim import warmup_cosine
+from medgr2.modules.sft import VLMModule
+
+HEAD_WEIGHTS = "reward_head.safetensors"
+HEAD_CONFIG = "reward_head.json"
+#: Grade name of the pairwise probe rows: the reference rationale with a wrong answer letter.
+PROBE_GRADE = "wrong_letter"
+
+
+class RewardHead(nn.Module):
+    """``(B, H) -> (B,)``: a linear layer, or a one-hidden-layer MLP when ``hidden > 0``.
+
+    The last layer starts at zero so an untrained head predicts the target mean (no large initial loss
+    that would push random gradients into a pretrained backbone).
+    """
+
+    def __init__(self, in_features: int, hidden: int = 0):
+        super().__init__()
+        if hidden > 0:
+            self.net: nn.Module = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Linear(in_features, 1)
+        last = self.net[-1] if isinstance(self.net, nn.Sequential) else self.net
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h).squeeze(-1)  # (B, H) -> (B,)
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the final non-pad position of each row, for left or right padding: ``(B, T) -> (B,)``."""
+    T = attention_mask.shape[1]
+    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)  # (B, T)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def reward_item(rec: Mapping[str, Any], instruction: str = "", response_key: str = "response") -> dict[str, Any]:
+    """A record (or a ready item) as a reward-model item: user turn = the VQA question, assistant = the response.
+
+    Accepted inputs: a chat item ``{image, prompt, target}`` (taken as is; ``prefix`` is prepended to the
+    response), or a schema record with a ``response`` column (graded rows, candidates, policy samples),
+    or a schema record without one, whose reference ``<think>rationale</think><answer>X</answer>`` is scored.
+    """
+    if "prompt" in rec and "target" in rec and "question" not in rec:
+        return {"image": rec["image"], "prompt": rec["prompt"], "prefix": "",
+                "target": f"{rec.get('prefix', '')}{rec['target']}"}
+    response = rec.get(response_key)
+    if not response:
+        response = response_text(rec.get("rationale", ""), str(rec["answer"]).strip().upper())
+    return {"image": rec["image"], "prompt": user_text(rec, instruction), "prefix": "", "target": response}
+
+
+class RewardCollator:
+    """:class:`ChatCollator` batch + ``target`` ``(B,)`` float (NaN where unknown), ``grade`` and ``source_id``
+    lists (strings stay lists: validation groups by them)."""
+
+    def __init__(self, processor, max_length: int | None = None):
+        self.chat = ChatCollator(processor, max_length=max_length)
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = self.chat(items)
+        batch["target"] = torch.tensor([float(it.get("score_target", math.nan)) for it in items])  # (B,)
+        batch["grade"] = [str(it.get("grade", "")) for it in items]
+        batch["source_id"] = [str(it.get("source_id", "")) for it in items]
+        return batch
+
+
+class RewardRegressor(VLMModule):
+    """R_φ: backbone from the model factory (optionally LoRA) + :class:`RewardHead` on the last hidden state.
+
+    :param head_hidden: width of the head's hidden layer (0: a single ``nn.Linear(hidden, 1)``).
+    :param target_mean/target_std: the normalisation (see the module docstring); kept as buffers so they
+        travel with checkpoints and exports.
+    :param head_lr: learning rate of the head (default: ``lr``); a fresh head next to a pretrained
+        backbone often wants a larger one.
+    :param hi/lo: grade thresholds of the separation accuracy (good ≥ ``hi``, bad ≤ ``lo``).
+    :param instruction: the prompt instruction the items are built with; saved in the export so scoring
+        builds the same prompts.
+    """
+
+    def __init__(self, model: dict[str, Any], weights: str | None = None, lr: float = 1e-3,
+                 weight_decay: float = 0.0, warmup_steps: int = 50, total_steps: int = 1000,
+                 eight_bit_optim: bool = False, lora: bool | None = None, head_hidden: int = 64,
+                 target_mean: float = 0.0, target_std: float = 1.0, head_lr: float | None = None,
+                 hi: float = 6.0, lo: float = 0.0, instruction: str = ""):
+        super().__init__(model=model, weights=weights, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                         total_steps=total_steps, eight_bit_optim=eight_bit_optim, lora=lora)
+        hidden = self.model.config.get_text_config().hidden_size
+        self.head = RewardHead(hidden, int(head_hidden))
+        self.register_buffer("target_mean", torch.tensor(float(target_mean)))
+        self.register_buffer("target_std", torch.tensor(float(target_std)))
+        self.instruction = instruction
+        self._val: dict[str, list] = {}
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def _backbone(self) -> nn.Module:
+        """The multimodal decoder without the LM head (``Qwen2_5_VLModel``); LoRA layers sit inside it."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.model
+
+    def pooled(self, batch: Mapping[str, Any]) -> Tensor:
+        """Last non-pad hidden state of each sequence, ``(B, H)``, in float32 for the head."""
+        inputs = model_inputs(batch)
+        # Calling the decoder directly skips the LM head: its (B, T, V) logits would be wasted work.
+        hidden = self._backbone()(**inputs).last_hidden_state  # (B, T, H), after the final norm
+        idx = last_token_index(inputs["attention_mask"])  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx].float()  # (B, H)
+
+    def forward_normalized(self, batch: Mapping[str, Any]) -> Tensor:
+        """Head output in standardised target units, ``(B,)``."""
+        return self.head(self.pooled(batch))
+
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """R_φ(x) on the grade scale, ``(B,)``."""
+        return self.forward_normalized(batch) * self.target_std + self.target_mean
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        z = self.forward_normalized(batch)  # (B,)
+        target = (batch["target"].to(z) - self.target_mean) / self.target_std  # (B,)
+        loss = torch.mean((z - target) ** 2)  # Eq. 1 in standardised units
+        bs = z.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        with torch.no_grad():
+            score = z * self.target_std + self.target_mean
+            self.log("train/mse", torch.mean((score - batch["target"].to(z)) ** 2), batch_size=bs)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"score": [], "target": [], "grade": [], "source_id": []}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        score = self(batch)  # (B,)
+        self._val["score"] += score.float().cpu().tolist()
+        self._val["target"] += batch["target"].float().cpu().tolist()
+        self._val["grade"] += list(batch["grade"])
+        self._val["source_id"] += list(batch["source_id"])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = reward_metrics(self._val["score"], self._val["target"], self._val["grade"],
+                                 self._val["source_id"], hi=self.hparams.hi, lo=self.hparams.lo)
+        for k, v in metrics.items():
+            if not math.isnan(v):
+                self.log(f"val/{k}", v, prog_bar=k in ("spearman", "pairwise_acc"))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = [
+            {"params": [p for p in self.model.parameters() if p.requires_grad], "lr": hp.lr},
+            {"params": list(self.head.parameters()), "lr": hp.head_lr or hp.lr},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if hp.eight_bit_optim:
+            import bitsandbytes as bnb
+
+            opt = bnb.optim.AdamW8bit(groups, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------ export
+
+    def head_config(self) -> dict[str, Any]:
+        """What :func:`load_reward_model` needs besides the weights."""
+        spec = copy.deepcopy(self.hparams.model)
+        return {
+            "head_hidden": int(self.hparams.head_hidden),
+            "target_mean": float(self.target_mean),
+            "target_std": float(self.target_std),
+            "hi": float(self.hparams.hi),
+            "lo": float(self.hparams.lo),
+            "instruction": self.instruction,
+            "model": {k: spec.get(k) for k in ("name", "dtype", "attn_implementation", "image_size",
+                                               "trust_remote_code") if k in spec},
+        }
+
+    def export(self, out_dir: str | Path, lineage: Mapping[str, Any] | None = None) -> Path:
+        """Backbone (LoRA merged) + processor + head weights + head config, written atomically."""
+        from safetensors.torch import save_file
+
+        from medgr2.utils.io import atomic_dir
+
+        model = self.model
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        state["target_mean"] = self.target_mean.detach().cpu().reshape(1)
+        state["target_std"] = self.target_std.detach().cpu().reshape(1)
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            save_file(state, str(tmp / HEAD_WEIGHTS))
+            meta = {**self.head_config(), "lineage": dict(lineage or {})}
+            (tmp / HEAD_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return Path(out_dir)
+
+    def load_head(self, path: str | Path) -> None:
+        """Load head weights and normalisation from an export folder."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(path) / HEAD_WEIGHTS))
+        self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+        self.target_mean.fill_(float(state["target_mean"][0]))
+        self.target_std.fill_(float(state["target_std"][0]))
+
+
+def reward_metrics(scores: Sequence[float], targets: Sequence[float], grades: Sequence[str],
+                   source_ids: Sequence[str], hi: float = 6.0, lo: float = 0.0) -> dict[str, float]:
+    """Held-out metrics: regression metrics on the graded rows (finite target), the pairwise accuracy
+    original > :data:`PROBE_GRADE` matched by ``source_id``, and the mean score of each grade."""
+    graded = [i for i, t in enumerate(targets) if not math.isnan(t)]
+    out = regression_metrics([scores[i] for i in graded], [targets[i] for i in graded], hi, lo)
+    better, worse = paired_scores(scores, grades, source_ids, "original", PROBE_GRADE)
+    out["pairwise_acc"] = pairwise_accuracy(better, worse)
+    out["pairwise_n"] = float(len(better))
+    out.update({f"mean/{g}": v for g, v in per_grade_means(scores, grades).items()})
+    return out
+
+
+def _model_spec_for(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A model spec that loads the exported backbone itself (no tiny build, no LoRA: it is merged)."""
+    spec = dict(meta.get("model") or {})
+    spec.update(path=str(path), tiny=None, quantization="none", lora={"enabled": False})
+    return spec
+
+
+def load_reward_model(path: str | Path, device: str | torch.device | None = None) -> RewardRegressor:
+    """An exported R_φ, in eval mode on ``device`` (default: CUDA when available, else CPU)."""
+    path = Path(path)
+    cfg_file = path / HEAD_CONFIG
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{path} is not a reward-model export (no {HEAD_CONFIG}); train one with "
+                                "`python train.py stage=reward`")
+    meta = json.loads(cfg_file.read_text())
+    module = RewardRegressor(model=_model_spec_for(path, meta), weights=None, lora=False,
+                             head_hidden=int(meta["head_hidden"]), target_mean=float(meta["target_mean"]),
+                             target_std=float(meta["target_std"]), hi=float(meta.get("hi", 6.0)),
+                             lo=float(meta.get("lo", 0.0)), instruction=str(meta.get("instruction", "")))
+    module.load_head(path)
+    module.lineage = dict(meta.get("lineage") or {})
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return module.to(device).eval()
+
+
+class RewardScorer:
+    """Batched, no-grad, deterministic R_φ scoring: ``RewardScorer(path).score(records) -> [float]``.
+
+    ``records_or_items``: schema records (scored on their ``response`` column, else on their reference
+    rationale + answer), or chat items ``{image, prompt, target}`` — see :func:`reward_item`. Scores come
+    back in input order. Eval mode (no dropout) and a fixed per-sequence computation make them
+    independent of the batch they were in up to float rounding (left padding is masked; M-RoPE
+    positions follow the attention mask).
+    """
+
+    def __init__(self, path_or_module: str | Path | RewardRegressor, device: str | torch.device | None = None,
+                 batch_size: int = 32):
+        if isinstance(path_or_module, RewardRegressor):
+            self.module = path_or_module
+        else:
+            self.module = load_reward_model(path_or_module, device)
+        self.path = None if isinstance(path_or_module, RewardRegressor) else str(path_or_module)
+        self.batch_size = batch_size
+        self.collate = RewardCollator(self.module.processor)
+
+    @property
+    def instruction(self) -> str:
+        return self.module.instruction
+
+    def items(self, records_or_items: Iterable[Mapping[str, Any]], response_key: str = "response"):
+        for rec in records_or_items:
+            yield reward_item(rec, self.instruction, response_key)
+
+    @torch.no_grad()
+    def score(self, records_or_items: Iterable[Mapping[str, Any]], batch_size: int | None = None,
+              progress: bool = False, response_key: str = "response") -> list[float]:
+        """R_φ score (grade scale) of every record/item, in order."""
+        from tqdm.auto import tqdm
+
+        bs = int(batch_size or self.batch_size)
+        was_training = self.module.training
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        total = len(records_or_items) if hasattr(records_or_items, "__len__") else None
+        bar = tqdm(total=total, desc="R_phi scoring", unit="item", disable=not progress)
+        out: list[float] = []
+        buf: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            batch = self.collate(buf)
+            batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+            out.extend(self.module(batch).float().cpu().tolist())  # (B,)
+            bar.update(len(buf))
+            buf.clear()
+
+        try:
+            for item in self.items(records_or_items, response_key):
+                buf.append(item)
+                if len(buf) == bs:
+                    flush()
+            if buf:
+                flush()
+        finally:
+            bar.close()
+            self.module.train(was_training)
+        return out

@@ -1,0 +1,89 @@
+"""``stage=grpo``: GRPO from an SFT policy (or the pretrained base) with the MedGR2 reward, then evaluation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader
+
+from medgr2.modules.data import ItemDataset
+from medgr2.modules.grpo import GRPOPolicy
+from medgr2.pipeline.common import build_trainer, load_split, output_dir, to_dict
+from medgr2.pipeline.evaluate import evaluate_model
+from medgr2.pipeline.pretrain import _instruction, base_weights
+from medgr2.pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def prompt_rows(cfg: DictConfig) -> datasets.Dataset:
+    """GRPO prompts: ``stage.train_data`` (a saved dataset) or the benchmark's train split, ``stage.train_size``."""
+    s = cfg.stage
+    if s.get("train_data"):
+        rows = datasets.load_from_disk(str(s.train_data))
+    else:
+        rows = load_split(cfg, "train", limit=s.get("train_size"))
+    if s.get("train_size") and len(rows) > int(s.train_size):
+        rows = rows.select(range(int(s.train_size)))
+    if len(rows) == 0:
+        raise ValueError("GRPO has no prompts: check stage.train_data / stage.train_size")
+    return rows
+
+
+def _record(row: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(row)
+
+
+def build_policy(cfg: DictConfig, weights: str | None) -> GRPOPolicy:
+    """The GRPO module from ``cfg.stage`` (every GRPO knob is a documented key of conf/stage/grpo.yaml)."""
+    s = cfg.stage
+    clip = s.get("max_grad_norm")
+    if clip is None:  # default: the trainer's clipping value (manual optimization clips by itself)
+        clip = cfg.trainer.get("gradient_clip_val")
+    return GRPOPolicy(
+        model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
+        warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps), num_generations=int(s.num_generations),
+        max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature), top_p=float(s.top_p),
+        loss_type=str(s.loss_type), epsilon=float(s.epsilon),
+        epsilon_high=None if s.get("epsilon_high") is None else float(s.epsilon_high), beta=float(s.beta),
+        scale_rewards=str(s.scale_rewards), num_iterations=int(s.num_iterations), alpha=float(s.alpha),
+        beta_match=float(s.beta_match), format_weight=float(s.format_weight), rescale_rm=bool(s.rescale_rm),
+        rm_min=float(s.rm_min), rm_max=float(s.rm_max), reward_model=s.get("reward_model"),
+        reward_batch_size=int(s.reward_batch_size), on_nan=str(s.on_nan), max_nan_batches=int(s.max_nan_batches),
+        max_grad_norm=float(clip) if clip else None, instruction=_instruction(cfg), rollout=str(s.rollout),
+        hacking_window=int(s.hacking_window), hacking_threshold=float(s.hacking_threshold),
+    )
+
+
+def run_grpo(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """Train GRPO on SynthMed (or ``stage.train_data``) prompts, export the policy, evaluate on the test split."""
+    s = cfg.stage
+    weights = s.get("init") or base_weights(cfg, tracker)
+    rows = prompt_rows(cfg)
+    module = build_policy(cfg, weights)
+    # Records go to the module as they are (collate_fn=list): it builds prompts itself, and only when it
+    # samples new rollouts (with num_iterations > 1 most steps reuse stored ones).
+    loader = DataLoader(ItemDataset(rows, _record), batch_size=int(s.batch_size), shuffle=True, collate_fn=list,
+                        num_workers=0, drop_last=len(rows) >= int(s.batch_size))
+    with open_dict(cfg):
+        # GRPO uses manual optimization, for which Lightning refuses automatic clipping: the module clips.
+        cfg.trainer.gradient_clip_val = None
+        if s.get("log_every_n_steps"):
+            cfg.trainer.log_every_n_steps = int(s.log_every_n_steps)
+    out = output_dir(cfg)
+    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints")
+    log.info("GRPO on %d prompts x %d rollouts for %d steps from %s (reward model: %s)", len(rows),
+             s.num_generations, s.max_steps, weights or "scratch", s.get("reward_model") or "none")
+    trainer.fit(module, loader, ckpt_path=s.get("ckpt_path"))
+    metrics: dict[str, float] = {"train_prompts": float(len(rows)), "nan_batches": float(module.nan_batches)}
+    if trainer.is_global_zero:
+        policy_dir = module.export(out / "policy")
+        tracker.set_tags({"policy_dir": str(policy_dir)})
+        if s.get("evaluate", True):
+            metrics.update(evaluate_model(cfg, module.model, module.processor, tracker, out))
+    trainer.strategy.barrier()
+    return metrics
