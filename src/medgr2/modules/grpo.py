@@ -230,6 +230,7 @@ class GRPOPolicy(VLMModule):
                                        if reward_model else None)
         self.monitor = HackingMonitor(hacking_window, hacking_threshold)
         self.history: list[dict[str, float]] = []  # per-step diagnostics (host floats), for tests and notebooks
+        self.prompt_ids: list[str] = []  # ids of the records this process sampled rollouts for (an audit trail)
         self.nan_batches = 0
         self._consecutive_nan = 0
         self._buffer: Rollouts | None = None
@@ -369,6 +370,7 @@ class GRPOPolicy(VLMModule):
         hp, G = self.hparams, self.G
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
+        self.prompt_ids.extend(str(r.get("id", "")) for r in records)
         prompt = self.prompt_batch(records)
         prompt_pos = self._rope_index(prompt)  # (3, B, Tp)
         tokens = self.generate(prompt, prompt_pos)  # (N, Tc)
@@ -487,7 +489,12 @@ class GRPOPolicy(VLMModule):
     def _log_step(self, stats: Mapping[str, Any], batch_size: int) -> None:
         """One host transfer for all tensor stats, the hacking monitor, then ``self.log`` (-> MLflow)."""
         keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
-        values = torch.stack([stats[k].detach().float().reshape(()) for k in keys]).tolist() if keys else []
+        values: list[float] = []
+        if keys:
+            vec = torch.stack([stats[k].detach().float().reshape(()) for k in keys])  # (K,)
+            if self.trainer_world_size() > 1:  # one collective for all stats: every rank logs the global means
+                vec = self.trainer.strategy.reduce(vec, reduce_op="mean")
+            values = vec.tolist()
         row = {k: float(v) for k, v in stats.items() if not isinstance(v, Tensor)}
         row.update(dict(zip(keys, values, strict=True)))
         if "format_rate" in row and "accuracy" in row:

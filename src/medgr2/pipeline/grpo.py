@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -59,6 +60,26 @@ def build_policy(cfg: DictConfig, weights: str | None) -> GRPOPolicy:
     )
 
 
+def write_rank_audit(out: Path, trainer, module: GRPOPolicy) -> Path:
+    """``grpo_ranks/rank<r>.json``: the prompts this process trained on and a checksum of its parameters.
+
+    Under data parallelism every rank must see its own prompts (DistributedSampler) and end with the same
+    weights (DDP averages gradients): the files make both checkable after the fact.
+    """
+    import json
+
+    import torch
+
+    with torch.no_grad():
+        checksum = float(sum(p.detach().double().sum() for p in module.model.parameters()))
+    path = out / "grpo_ranks" / f"rank{trainer.global_rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rank": trainer.global_rank, "world_size": trainer.world_size,
+                                "prompt_ids": module.prompt_ids, "param_checksum": checksum,
+                                "steps": trainer.global_step, "nan_batches": module.nan_batches}))
+    return path
+
+
 def run_grpo(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     """Train GRPO on SynthMed (or ``stage.train_data``) prompts, export the policy, evaluate on the test split."""
     s = cfg.stage
@@ -80,6 +101,7 @@ def run_grpo(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
              s.num_generations, s.max_steps, weights or "scratch", s.get("reward_model") or "none")
     trainer.fit(module, loader, ckpt_path=s.get("ckpt_path"))
     metrics: dict[str, float] = {"train_prompts": float(len(rows)), "nan_batches": float(module.nan_batches)}
+    write_rank_audit(out, trainer, module)
     if trainer.is_global_zero:
         policy_dir = module.export(out / "policy")
         tracker.set_tags({"policy_dir": str(policy_dir)})

@@ -1,0 +1,162 @@
+"""The reward stages end to end at test size: grade -> reward (MLflow, continual adaptation) -> score (resume)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import mlflow
+import pytest
+import torch
+
+from medgr2.data.wordnet import WordNetNotFoundError, load_wordnet
+from medgr2.modules.reward import HEAD_CONFIG, RewardRegressor, RewardScorer
+from medgr2.pipeline import run
+from medgr2.pipeline.common import load_split
+from medgr2.pipeline.reward import graded_dataset_path, reward_model_path, score_dataset
+
+# Tiny everything; the raw tiny model (no pretrained base) is enough to exercise the wiring.
+SMALL = ["model.pretrain.enabled=false", "stage.source.size=24"]
+TRAIN = ["stage.max_steps=4", "stage.val_every=2", "stage.batch_size=8", "stage.eval_batch_size=16",
+         "stage.val_fraction=0.25", "stage.warmup_steps=0"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a shared 2-core machine two OpenMP threads per process spin against each other's load and make
+    # these tiny matmuls ~10x slower; one thread is as fast when idle and much faster when busy.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _wordnet(tmp_path_factory):
+    try:
+        load_wordnet()
+    except WordNetNotFoundError as exc:  # the grade stage needs it; test_wordnet checks the error message
+        pytest.skip(str(exc))
+
+
+def _runs(cfg, stage: str):
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.logger.experiment])
+    return runs[runs["tags.stage"] == stage]
+
+
+def test_grade_stage_saves_four_grades_in_the_cache_and_logs_skips(make_cfg) -> None:
+    cfg = make_cfg("stage=grade", "stage.source.size=12", "logger=none")
+    metrics = run(cfg)
+    path = graded_dataset_path(cfg)
+    ds = datasets.load_from_disk(str(path))
+    assert metrics["grade/rows"] == len(ds) > 0
+    assert set(ds["grade"]) == {"original", "synonym", "deletion", "irrelevant"}
+    assert {"response", "target", "grade", "source_id", "image"} <= set(ds.column_names)
+    meta = json.loads((path / "grading_meta.json").read_text())
+    assert meta["n_records"] == 12 and "skipped" in meta
+    # Another grading config is another cache entry.
+    assert graded_dataset_path(make_cfg("stage=grade", "stage.source.size=12", "stage.grading.synonym=5")) != path
+
+
+def test_reward_stage_logs_correlations_to_mlflow_and_adapts_continually(make_cfg) -> None:
+    cfg = make_cfg("stage=reward", *SMALL, *TRAIN)
+    metrics = run(cfg)
+    for k in ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc"):
+        assert k in metrics
+    export = Path(cfg.paths.output_dir) / "reward_model"
+    cached = reward_model_path(cfg)
+    assert (export / HEAD_CONFIG).exists() and (cached / HEAD_CONFIG).exists()
+    row = _runs(cfg, "reward").iloc[0]
+    assert row["status"] == "FINISHED"
+    for k in ("rm/spearman", "rm/kendall", "rm/pairwise_acc", "val/spearman", "val/kendall", "val/mse",
+              "val/sep_acc", "train/loss"):
+        assert f"metrics.{k}" in row.index and row[f"metrics.{k}"] == row[f"metrics.{k}"], k  # present, not NaN
+    assert row["tags.rm.generation"] == "0"
+    first_id = row["run_id"]
+
+    # Continual adaptation: retrain from the export on (here: the same) graded pairs; lineage is recorded.
+    dgrade = graded_dataset_path(cfg)
+    cfg2 = make_cfg("stage=reward", *SMALL, *TRAIN, f"stage.init={export}", f"stage.train_data={dgrade}",
+                    f"paths.output_dir={Path(cfg.paths.root) / 'out2'}")
+    before = RewardScorer(export, device="cpu").score(datasets.load_from_disk(str(dgrade)).select(range(4)))
+    run(cfg2)
+    child = _runs(cfg2, "reward")
+    child = child[child["run_id"] != first_id].iloc[0]
+    assert child["tags.rm.parent"] == str(export.resolve())
+    assert child["tags.rm.parent_run_id"] == first_id and child["tags.rm.generation"] == "1"
+    assert child["params.stage.init"] == str(export)
+    export2 = Path(cfg2.paths.output_dir) / "reward_model"
+    lineage = json.loads((export2 / HEAD_CONFIG).read_text())["lineage"]
+    assert lineage["parent"] == str(export.resolve()) and lineage["generation"] == 1
+    # It started from the parent (same normalisation) and moved on from it.
+    assert json.loads((export2 / HEAD_CONFIG).read_text())["target_mean"] == pytest.approx(
+        json.loads((export / HEAD_CONFIG).read_text())["target_mean"])
+    after = RewardScorer(export2, device="cpu").score(datasets.load_from_disk(str(dgrade)).select(range(4)))
+    assert after != before
+
+
+@pytest.fixture
+def rm_export(shared_cache, tmp_path) -> Path:
+    """An untrained R_φ with a random head (scores vary by item), exported without any training."""
+    torch.manual_seed(0)
+    module = RewardRegressor({"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(shared_cache)},
+                             head_hidden=8, target_mean=2.5, target_std=6.0)
+    for p in module.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return module.export(tmp_path / "rm")
+
+
+def test_score_stage_writes_a_score_column_and_provenance(make_cfg, rm_export, tmp_path) -> None:
+    out = tmp_path / "scored"
+    cfg = make_cfg("stage=score", f"stage.model={rm_export}", "stage.size=10", "stage.chunk_size=4",
+                   f"stage.output={out}", "stage.progress=false", "logger=none")
+    metrics = run(cfg)
+    ds = datasets.load_from_disk(str(out))
+    rows = load_split(cfg, "train", limit=10)
+    assert ds.column_names == [*rows.column_names, "score"] and len(ds) == 10
+    expected = RewardScorer(rm_export, device="cpu").score(rows)
+    assert ds["score"] == pytest.approx(expected, abs=1e-5)
+    prov = json.loads(ds[3]["provenance"])
+    assert prov["reward"]["score"] == pytest.approx(expected[3], abs=1e-5) and "truth" in prov
+    assert metrics["score/n"] == 10
+    assert not out.with_name("scored.chunks").exists()  # chunks are cleaned up once the output is saved
+
+
+class _Counting:
+    """A scorer that counts what it scores and can fail after some calls (a killed run)."""
+
+    def __init__(self, inner: RewardScorer, fail_after: int | None = None):
+        self.inner, self.fail_after, self.calls, self.rows = inner, fail_after, 0, 0
+        self.instruction, self.path = inner.instruction, inner.path
+
+    def score(self, rows, batch_size=None, response_key="response"):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        self.rows += len(rows)
+        return self.inner.score(rows, batch_size=batch_size, response_key=response_key)
+
+
+def test_scoring_resumes_from_finished_chunks(make_cfg, rm_export, tmp_path) -> None:
+    cfg = make_cfg("logger=none")
+    rows = load_split(cfg, "train", limit=10)
+    inner = RewardScorer(rm_export, device="cpu")
+    out = tmp_path / "scored"
+    chunks = tmp_path / "scored.chunks"
+    with pytest.raises(KeyboardInterrupt):
+        score_dataset(rows, _Counting(inner, fail_after=2), out, chunk_size=4, progress=False)
+    assert not out.exists()
+    assert sorted(p.name for p in chunks.glob("chunk-*.json")) == ["chunk-00000.json", "chunk-00001.json"]
+    # Mark a finished chunk: if the rerun recomputed it, the marks would be gone.
+    c0 = json.loads((chunks / "chunk-00000.json").read_text())
+    (chunks / "chunk-00000.json").write_text(json.dumps({**c0, "scores": [123.0] * 4}))
+    again = _Counting(inner)
+    ds = score_dataset(rows, again, out, chunk_size=4, progress=False)
+    assert again.rows == 2 and again.calls == 1  # only the last chunk (rows 8-9) was scored
+    assert ds["score"][:4] == [123.0] * 4
+    assert ds["score"][4:] == pytest.approx(inner.score(rows.select(range(4, 10))), abs=1e-5)
+    # A finished output with the same input and model is returned without scoring anything.
+    third = _Counting(inner, fail_after=0)
+    assert score_dataset(rows, third, out, chunk_size=4, progress=False)["score"] == ds["score"]
