@@ -40,6 +40,14 @@ def _wordnet(tmp_path_factory):
         pytest.skip(str(exc))
 
 
+def test_the_score_stage_finds_the_model_the_reward_stage_caches(make_cfg) -> None:
+    reward = make_cfg("stage=reward", "logger=none")
+    assert reward_model_path(make_cfg("stage=score", "logger=none")) == reward_model_path(reward)
+    # Settings that change the weights change the key; progress knobs do not.
+    assert reward_model_path(make_cfg("stage=score", "stage.rm.lr=0.5")) != reward_model_path(reward)
+    assert reward_model_path(make_cfg("stage=reward", "stage.val_every=7")) == reward_model_path(reward)
+
+
 def _runs(cfg, stage: str):
     mlflow.set_tracking_uri(cfg.logger.tracking_uri)
     runs = mlflow.search_runs(experiment_names=[cfg.logger.experiment])

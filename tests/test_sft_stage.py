@@ -94,3 +94,19 @@ def test_logger_none_writes_no_mlflow_store(make_cfg):
                    "stage.val_every=2", "stage.val_size=8", "evaluate.limit=4")
     run(cfg)
     assert not (Path(cfg.paths.root) / "mlflow.db").exists()
+
+
+def test_a_killed_sft_run_resumes_from_its_last_checkpoint(make_cfg):
+    common = ["stage=sft", "logger=none", "stage.train_size=32", "stage.batch_size=8", "stage.val_every=100",
+              "stage.val_size=8", "stage.evaluate=false", "trainer.ckpt_every=2"]
+    first = make_cfg(*common, "stage.max_steps=4")
+    run(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert last.exists()
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    resumed = make_cfg(*common, "stage.max_steps=6", f"stage.ckpt_path={last}")
+    run(resumed)
+    ckpt2 = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)
+    assert ckpt2["global_step"] == 6

@@ -404,9 +404,6 @@ class GRPOPolicy(VLMModule):
             self.nan_batches += 1
             self._consecutive_nan += 1
             log.warning("NaN reward in %d completions: batch skipped (%d so far)", len(idx), self.nan_batches)
-            if self._consecutive_nan >= hp.max_nan_batches:
-                raise FloatingPointError(f"{self._consecutive_nan} consecutive batches with NaN rewards: the "
-                                         "reward model is broken (stage.max_nan_batches)")
             for k in ("reward_mean", "reward_std", "reward_rm"):
                 stats.pop(k)  # NaN by construction; the nan_batches counter tells the story
             return None, stats
@@ -464,6 +461,11 @@ class GRPOPolicy(VLMModule):
             ro, stats = self.make_rollouts(batch)
             if ro is None:  # NaN rewards, on_nan=skip: flag it, no update
                 self._log_step({**stats, "nan_batches": float(self.nan_batches), "skipped": 1.0}, len(batch))
+                # Skipped batches do not count as optimizer steps, so a reward model that always gives NaN
+                # would never reach max_steps: stop it.
+                if self._consecutive_nan >= hp.max_nan_batches:
+                    raise FloatingPointError(f"{self._consecutive_nan} consecutive batches with NaN rewards: the "
+                                             "reward model is broken (stage.max_nan_batches)")
                 return None
             self._buffer = ro
         ro = self._buffer

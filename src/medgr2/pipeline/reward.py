@@ -187,7 +187,8 @@ def reward_key(cfg: DictConfig, r: DictConfig | None = None) -> str:
     """Cache key of an R_φ: the model, the data and the reward settings (not the output/progress knobs)."""
     r = r if r is not None else _rm_node(cfg)
     model = {k: v for k, v in to_dict(cfg.model).items() if k != "cache_dir"}
-    settings = {k: v for k, v in to_dict(r).items() if k not in ("name", "val_every")}
+    # Knobs that do not change the trained weights stay out of the key.
+    settings = {k: v for k, v in to_dict(r).items() if k not in ("name", "val_every", "eval_batch_size", "ckpt_path")}
     return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"))
 
 
