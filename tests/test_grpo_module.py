@@ -215,7 +215,7 @@ def test_the_hacking_monitor_warns_when_format_rises_while_accuracy_falls():
 
 
 def test_grpo_stage_logs_diagnostics_to_mlflow_and_exports_the_policy(make_cfg):
-    cfg = make_cfg("stage=grpo", "model.pretrain.enabled=false", "stage.max_steps=2", "stage.train_size=8",
+    cfg = make_cfg("stage=grpo", "model.pretrain.enabled=false", "stage.max_steps=2", "stage.train_size=16",
                    "stage.max_new_tokens=8", "evaluate.limit=8", "evaluate.max_new_tokens=8")
     metrics = run(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["nan_batches"] == 0.0

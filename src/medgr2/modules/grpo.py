@@ -237,6 +237,13 @@ class GRPOPolicy(VLMModule):
         fwd = inspect.signature(self._hf().forward).parameters
         self._cache_kw = "cache" if "cache" in fwd else "past_key_values"  # renamed in transformers 5.x
 
+    def train(self, mode: bool = True) -> GRPOPolicy:
+        """Lightning may switch the module to train mode; the frozen reference always stays in eval mode."""
+        super().train(mode)
+        if self.ref_model is not None:
+            self.ref_model.eval()
+        return self
+
     # ------------------------------------------------------------------ helpers
     def _hf(self):
         """The underlying ``Qwen2_5_VLForConditionalGeneration`` (inside a peft wrapper if LoRA)."""
@@ -295,6 +302,13 @@ class GRPOPolicy(VLMModule):
         # Decode through the text decoder + LM head directly: the multimodal wrapper has nothing to add once
         # the image sits in the cache, and its per-call overhead is a large share of a small model's step.
         text_model, lm_head = hf.model.language_model, hf.lm_head
+        # With SDPA and only full-attention layers the decode mask is a slice of one precomputed boolean tensor
+        # (True = attend): rebuilding it from the 2-D mask is ~15% of a small model's decode step.
+        tcfg = text_model.config
+        mask4d = None
+        if tcfg._attn_implementation == "sdpa" and set(getattr(tcfg, "layer_types", None) or ["full_attention"]) \
+                == {"full_attention"}:
+            mask4d = mask.bool()[:, None, None, :]  # (N, 1, 1, Tp+T)
         t = 0
         for t in range(T):
             tok = sample_tokens(logits, hp.temperature, hp.top_p).masked_fill(done, self.pad_id)  # (N,)
@@ -303,8 +317,10 @@ class GRPOPolicy(VLMModule):
             if t == T - 1 or bool(done.all()):
                 break
             pos = (next_pos + t).view(1, N, 1).expand(3, N, 1)  # (3, N, 1)
-            h = text_model(input_ids=tok.unsqueeze(1), attention_mask=mask[:, : Tp + t + 1], position_ids=pos,
-                           use_cache=True, **{self._cache_kw: cache})
+            step_mask = (mask[:, : Tp + t + 1] if mask4d is None
+                         else {"full_attention": mask4d[..., : Tp + t + 1]})  # (N, Tp+t+1) or (N, 1, 1, Tp+t+1)
+            h = text_model(input_ids=tok.unsqueeze(1), attention_mask=step_mask, position_ids=pos, use_cache=True,
+                           **{self._cache_kw: cache})
             cache = getattr(h, "cache", None) or h.past_key_values
             logits = lm_head(h.last_hidden_state[:, -1])  # (N, V)
         return tokens[:, : t + 1]

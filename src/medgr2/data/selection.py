@@ -1,0 +1,554 @@
+"""Streaming selection of scored candidates (paper Algorithm 1, lines 5–9): threshold τ, TopK, RandK, all.
+
+The candidate pool can be large (the issue's target is 200,000 scored candidates and more), so selection
+never loads it: it reads only the columns a method needs (``id`` and ``score``; ``image`` and ``question``
+when deduplicating) in Arrow batches, and keeps
+
+* TopK: a bounded heap of the ``k`` best ``(score, id)`` so far — memory O(k), not O(pool);
+* RandK: the ``k`` smallest ``hash(seed, id)`` — a seeded, order-independent uniform sample without
+  replacement, also in O(k) (unlike a shuffled index it does not depend on how the pool is sharded);
+* threshold / all: the kept ids (the output itself is what grows).
+
+Dedupe (``allow_overlap=False``) drops candidates whose :func:`dedupe_key` (image + normalised question) is
+in ``exclude_keys`` (the items of the existing D_gen) and keeps one candidate per key within the pool: the
+one with the higher score (ties: smaller id). For TopK/RandK this stays O(k) because a key evicted from the
+heap can only come back with a better candidate (see :func:`_select_bounded`).
+
+Ordering of the returned ids: TopK best first; RandK in hash order; threshold / all in pool order.
+A pool is a ``datasets.Dataset``, a folder written by ``save_to_disk``, a generation ``out_dir``
+(``manifest.json`` + Parquet shards), a Parquet file, a folder of Parquet files or a list of Parquet files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METHODS: tuple[str, ...] = ("threshold", "topk", "randk", "all")
+#: The reward model's grade scale (hallucinated −6 … original 10): a τ outside it selects all or nothing.
+TAU_RANGE: tuple[float, float] = (-6.0, 10.0)
+DEFAULT_BATCH_SIZE = 8192
+SCORE_HINT = "run stage=score first (or pass stage.pool=<a scored dataset>)"
+
+
+class SelectionError(ValueError):
+    """Invalid selection settings or a pool that cannot be selected from (the message says what to do)."""
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+_WS = re.compile(r"\s+")
+
+
+def normalise_question(question: str | None) -> str:
+    """Lower-case, punctuation removed, whitespace collapsed: "What's  the organ?" -> "whats the organ"."""
+    text = unicodedata.normalize("NFKC", str(question or "")).lower()
+    # Unicode-aware: every character of a punctuation category goes, so "?" and "？" compare equal.
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    return _WS.sub(" ", text).strip()
+
+
+def image_key(image: Any) -> str:
+    """A stable identity of a record's image.
+
+    Stored images (``{"bytes", "path"}`` as Arrow keeps them, or raw bytes) are identified by the sha1 of
+    their encoded bytes, so the same picture copied into several datasets matches; images stored only as
+    a path (no bytes) by the path. A decoded PIL image is identified by its pixels — such keys only match
+    other PIL images, which is why the pipeline computes keys on the stored (undecoded) columns.
+    """
+    if image is None:
+        return "none"
+    if isinstance(image, dict):
+        data = image.get("bytes")
+        if data:
+            return "sha1:" + hashlib.sha1(data).hexdigest()
+        if image.get("path"):
+            return "path:" + str(image["path"])
+        return "none"
+    if isinstance(image, bytes | bytearray | memoryview):
+        return "sha1:" + hashlib.sha1(bytes(image)).hexdigest()
+    if isinstance(image, str | Path):
+        return "path:" + str(image)
+    if hasattr(image, "tobytes") and hasattr(image, "mode"):  # PIL.Image
+        h = hashlib.sha1(f"{image.mode}:{image.size}".encode())
+        h.update(image.tobytes())
+        return "pixels:" + h.hexdigest()
+    raise TypeError(f"unsupported image value {type(image).__name__} for a dedupe key")
+
+
+def dedupe_key(record: Any) -> str:
+    """sha1 of (image identity, normalised question): two candidates with the same key ask the same
+    question about the same image, whatever their ids, option order or capitalisation."""
+    blob = image_key(record.get("image")) + "\n" + normalise_question(record.get("question"))
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- pools
+
+
+class _Pool:
+    """Uniform, batched, column-projected read access to a pool (``datasets`` or Parquet)."""
+
+    column_names: list[str]
+    num_rows: int
+
+    def iter_batches(self, columns: Sequence[str], batch_size: int) -> Iterator[pa.Table | pa.RecordBatch]:
+        raise NotImplementedError
+
+    def identity(self) -> Any:
+        """Something that changes when the pool's content does (for cache keys)."""
+        raise NotImplementedError
+
+
+class _DatasetPool(_Pool):
+    def __init__(self, ds: datasets.Dataset, path: str | None = None):
+        self.ds = ds
+        self.path = path
+        self.column_names = list(ds.column_names)
+        self.num_rows = len(ds)
+        self.features = ds.features
+
+    def iter_batches(self, columns: Sequence[str], batch_size: int) -> Iterator[pa.Table]:
+        # Arrow format: no Python decoding (images stay {"bytes", "path"} structs), and a memory-mapped
+        # dataset only pages in the selected columns' buffers.
+        yield from self.ds.select_columns(list(columns)).with_format("arrow").iter(batch_size=batch_size)
+
+    def identity(self) -> Any:
+        return {"path": self.path, "fingerprint": getattr(self.ds, "_fingerprint", None), "rows": self.num_rows}
+
+
+class _ParquetPool(_Pool):
+    def __init__(self, files: Sequence[Path]):
+        if not files:
+            raise SelectionError("the pool has no Parquet files")
+        self.files = [Path(f) for f in files]
+        metas = [pq.ParquetFile(f) for f in self.files]
+        self.schema = metas[0].schema_arrow
+        self.column_names = list(self.schema.names)
+        self.num_rows = sum(m.metadata.num_rows for m in metas)
+        try:
+            self.features = datasets.Features.from_arrow_schema(self.schema)
+        except Exception:  # a plain Parquet file without HF metadata: infer from Arrow types
+            self.features = None
+
+    def iter_batches(self, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        for f in self.files:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=list(columns))
+
+    def identity(self) -> Any:
+        return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in self.files]
+
+
+def open_pool(pool: Any) -> _Pool:
+    """Wrap any supported pool (see the module docstring) for batched reading."""
+    if isinstance(pool, _Pool):
+        return pool
+    if isinstance(pool, datasets.Dataset):
+        return _DatasetPool(pool)
+    if isinstance(pool, str | Path):
+        path = Path(pool)
+        if not path.exists():
+            raise SelectionError(f"pool {path} does not exist; {SCORE_HINT}")
+        if path.is_file():
+            return _ParquetPool([path])
+        manifest = path / "manifest.json"
+        if manifest.exists():  # a generation out_dir: the shards its manifest names, in plan order
+            shards = json.loads(manifest.read_text())["shards"]
+            return _ParquetPool([path / shards[k]["file"] for k in sorted(shards, key=int)])
+        if (path / "state.json").exists() or (path / "dataset_info.json").exists():
+            return _DatasetPool(datasets.load_from_disk(str(path)), str(path.resolve()))
+        files = sorted(path.glob("*.parquet"))
+        if files:
+            return _ParquetPool(files)
+        raise SelectionError(
+            f"{path} is neither a saved dataset, a generation out_dir nor a folder of Parquet files"
+        )
+    if isinstance(pool, Sequence) and all(isinstance(p, str | Path) for p in pool):
+        return _ParquetPool([Path(p) for p in pool])
+    raise TypeError(f"unsupported pool type {type(pool).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+@dataclass
+class SelectionResult:
+    """What a selection kept and why the others were dropped.
+
+    ``ids``/``positions``/``scores`` are in output order (see the module docstring). ``n_overlap``:
+    candidates dropped because their key is in D_gen (among those that passed the score filter);
+    ``n_duplicates``: in-pool duplicates dropped — exact for threshold/all, for TopK/RandK the duplicates
+    that met a kept candidate (the others were out-ranked anyway); ``n_unscored``: rows with a null/NaN
+    score (never selected by TopK/threshold).
+    """
+
+    method: str
+    ids: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    n_pool: int = 0
+    n_overlap: int = 0
+    n_duplicates: int = 0
+    n_unscored: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """Counts (no id lists) for logs and metrics."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("ids", "positions", "scores")}
+        out["n_selected"] = len(self.ids)
+        valid = [s for s in self.scores if s is not None and not math.isnan(s)]
+        if valid:
+            out.update(score_mean=sum(valid) / len(valid), score_min=min(valid), score_max=max(valid))
+        return out
+
+
+class _Entry:
+    """A heap entry; ``rank`` orders candidates, smaller is better. The heap's root is the WORST kept."""
+
+    __slots__ = ("alive", "id", "key", "pos", "rank", "score")
+
+    def __init__(self, rank: tuple, id_: str, key: str | None, pos: int, score: float | None):
+        self.rank, self.id, self.key, self.pos, self.score, self.alive = rank, id_, key, pos, score, True
+
+    def __lt__(self, other: _Entry) -> bool:  # heapq is a min-heap: invert to keep the worst on top
+        return self.rank > other.rank
+
+
+def _check_settings(method: str, k: Any, tau: Any, n_pool: int, allow_fewer: bool) -> None:
+    if method not in METHODS:
+        raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    if method in ("topk", "randk"):
+        if k is None:
+            raise SelectionError(f"select={method} needs k (e.g. k=2000)")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise SelectionError(f"k must be a positive integer, got {k!r}")
+        if k <= 0:
+            raise SelectionError(f"k must be a positive integer, got k={k}")
+        if k > n_pool and not allow_fewer:
+            raise SelectionError(
+                f"k={k} is larger than the pool ({n_pool} candidates): lower k, generate more candidates, "
+                f"or pass allow_fewer=true to select all {n_pool}"
+            )
+    if method == "threshold":
+        if tau is None:
+            raise SelectionError("select=threshold needs tau (e.g. tau=5.0)")
+        if isinstance(tau, bool) or not isinstance(tau, int | float | np.number):
+            raise SelectionError(f"tau must be a number in [{TAU_RANGE[0]}, {TAU_RANGE[1]}], got {tau!r}")
+        if not TAU_RANGE[0] <= float(tau) <= TAU_RANGE[1]:  # NaN fails this too
+            raise SelectionError(
+                f"tau={tau} is outside the reward scale [{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}]: it would select "
+                "everything or nothing"
+            )
+
+
+def _rows(
+    pool: _Pool, columns: Sequence[str], batch_size: int
+) -> Iterator[tuple[int, dict[str, list[Any]], np.ndarray | None]]:
+    """(first position, python columns except score, scores as float64 with NaN for nulls) per batch."""
+    pos = 0
+    for batch in pool.iter_batches(columns, batch_size):
+        cols = {c: batch.column(c) for c in columns}
+        scores = None
+        if "score" in cols:
+            scores = cols.pop("score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        yield pos, {c: v.to_pylist() for c, v in cols.items()}, scores
+        pos += batch.num_rows
+
+
+def select(
+    pool: Any,
+    method: str,
+    k: int | None = None,
+    tau: float | None = None,
+    seed: int = 0,
+    exclude_keys: set[str] | None = None,
+    *,
+    allow_overlap: bool = True,
+    allow_fewer: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> SelectionResult:
+    """Select from ``pool`` with ``method``; see :func:`select_ids` for the arguments."""
+    p = open_pool(pool)
+    _check_settings(method, k, tau, p.num_rows, allow_fewer)
+    missing = [c for c in ("id",) if c not in p.column_names]
+    if missing:
+        raise SelectionError(f"the pool has no {missing[0]!r} column (columns: {p.column_names})")
+    has_score = "score" in p.column_names
+    if method in ("topk", "threshold") and not has_score:
+        raise SelectionError(f"select={method} ranks by reward, but the pool has no 'score' column: {SCORE_HINT}")
+    if exclude_keys and allow_overlap:
+        raise SelectionError("exclude_keys (dedupe against D_gen) needs allow_overlap=False")
+    dedupe = not allow_overlap
+    if dedupe:
+        lacking = [c for c in ("image", "question") if c not in p.column_names]
+        if lacking:
+            raise SelectionError(f"allow_overlap=false needs the columns image and question; missing {lacking}")
+    columns = ["id"] + (["score"] if has_score else []) + (["image", "question"] if dedupe else [])
+    result = SelectionResult(method=method, n_pool=p.num_rows)
+    exclude = exclude_keys or set()
+    if method in ("topk", "randk"):
+        _select_bounded(p, method, int(k), int(seed), columns, dedupe, exclude, batch_size, result)
+        if len(result.ids) < int(k) and not allow_fewer:
+            raise SelectionError(
+                f"k={k} but only {len(result.ids)} of the {p.num_rows} candidates are selectable "
+                f"({result.n_overlap} overlap D_gen, {result.n_duplicates} duplicates, {result.n_unscored} "
+                "unscored): lower k or pass allow_fewer=true"
+            )
+    else:
+        _select_unbounded(p, method, tau, columns, dedupe, exclude, batch_size, result)
+    return result
+
+
+def select_ids(
+    pool: Any,
+    method: str,
+    k: int | None = None,
+    tau: float | None = None,
+    seed: int = 0,
+    exclude_keys: set[str] | None = None,
+    *,
+    allow_overlap: bool = True,
+    allow_fewer: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[str]:
+    """The ids selected from a scored candidate pool, streaming in ``batch_size`` rows.
+
+    ``method``: ``topk`` (the ``k`` highest scores, ties by smaller id), ``randk`` (``k`` uniformly at
+    random, deterministic per ``seed``), ``threshold`` (every candidate with score > ``tau``, strictly —
+    Algorithm 1 line 5), ``all``. ``allow_overlap=False`` removes candidates whose :func:`dedupe_key` is in
+    ``exclude_keys`` (D_gen's keys, see :func:`pool_dedupe_keys`) and duplicates within the pool (the
+    higher score stays). ``k`` larger than the pool, or than what is left after dedupe, raises
+    :class:`SelectionError` unless ``allow_fewer``. Null/NaN scores are never selected by topk/threshold.
+    """
+    return select(
+        pool, method, k, tau, seed, exclude_keys,
+        allow_overlap=allow_overlap, allow_fewer=allow_fewer, batch_size=batch_size,
+    ).ids
+
+
+def _priority(seed: int, token: str) -> int:
+    # 64 bits of sha1: a uniform random order that is a pure function of (seed, token).
+    return int.from_bytes(hashlib.sha1(f"{seed}\x1f{token}".encode()).digest()[:8], "big")
+
+
+def _select_bounded(
+    p: _Pool, method: str, k: int, seed: int, columns: Sequence[str], dedupe: bool,
+    exclude: set[str], batch_size: int, result: SelectionResult,
+) -> None:
+    """TopK / RandK with a heap of at most k live entries (+ lazily deleted ones, compacted).
+
+    Why dedupe stays exact with O(k) memory: an entry leaves the heap only when k better entries are in
+    it, and the heap's worst entry only improves afterwards. A later candidate with an evicted key is
+    either worse than the evicted one (so worse than the current worst: correctly not admitted) or
+    better (so it is that key's representative and competes normally). For RandK the priority is the
+    hash of the *key* when deduping, so all duplicates share it and the higher score wins the tie.
+    """
+    heap: list[_Entry] = []
+    live: dict[str, _Entry] = {}  # dedupe key -> its entry in the heap
+    n_live = 0
+    topk = method == "topk"
+
+    def root() -> _Entry:
+        while not heap[0].alive:
+            heapq.heappop(heap)
+        return heap[0]
+
+    for start, cols, scores in _rows(p, columns, batch_size):
+        ids = cols["id"]
+        if topk:
+            assert scores is not None
+            valid = ~np.isnan(scores)
+            result.n_unscored += int((~valid).sum())
+            if n_live >= k:
+                # Vectorised pre-filter: only rows at least as good as the current worst can enter.
+                valid &= scores >= root().score
+            idx = np.flatnonzero(valid)
+        else:
+            idx = range(len(ids))
+        for i in idx:
+            i = int(i)
+            rid = str(ids[i])
+            score = None if scores is None or math.isnan(scores[i]) else float(scores[i])
+            key = dedupe_key({"image": cols["image"][i], "question": cols["question"][i]}) if dedupe else None
+            if key is not None and key in exclude:
+                result.n_overlap += 1
+                continue
+            s = -math.inf if score is None else score
+            rank = (-s, rid) if topk else (_priority(seed, key if dedupe else rid), -s, rid)
+            entry = _Entry(rank, rid, key, start + i, score)
+            if key is not None:
+                cur = live.get(key)
+                if cur is not None:
+                    result.n_duplicates += 1
+                    if entry.rank < cur.rank:
+                        cur.alive = False
+                        live[key] = entry
+                        heapq.heappush(heap, entry)
+                    continue
+            if n_live < k:
+                heapq.heappush(heap, entry)
+                n_live += 1
+            elif entry.rank < root().rank:
+                worst = heapq.heapreplace(heap, entry)
+                worst.alive = False
+                if worst.key is not None:
+                    del live[worst.key]
+            else:
+                continue
+            if key is not None:
+                live[key] = entry
+            if len(heap) > 2 * k + 1024:  # drop lazily deleted entries so the heap stays O(k)
+                heap[:] = [e for e in heap if e.alive]
+                heapq.heapify(heap)
+    kept = sorted((e for e in heap if e.alive), key=lambda e: e.rank)
+    result.ids = [e.id for e in kept]
+    result.positions = [e.pos for e in kept]
+    result.scores = [e.score for e in kept]
+
+
+def _select_unbounded(
+    p: _Pool, method: str, tau: float | None, columns: Sequence[str], dedupe: bool,
+    exclude: set[str], batch_size: int, result: SelectionResult,
+) -> None:
+    """Threshold / all: the output itself is O(kept), so a dict of kept keys costs nothing extra."""
+    best: dict[str, tuple[tuple, int, str, float | None]] = {}  # key -> (rank, pos, id, score)
+    ids_out: list[tuple[int, str, float | None]] = []
+    for start, cols, scores in _rows(p, columns, batch_size):
+        ids = cols["id"]
+        if scores is not None:
+            nan = np.isnan(scores)
+            result.n_unscored += int(nan.sum())
+        if method == "threshold":
+            assert scores is not None
+            with np.errstate(invalid="ignore"):
+                idx = np.flatnonzero(scores > float(tau))  # strictly greater (Alg. 1 line 5); NaN fails
+        else:
+            idx = range(len(ids))
+        for i in idx:
+            i = int(i)
+            rid = str(ids[i])
+            score = None if scores is None or math.isnan(scores[i]) else float(scores[i])
+            if not dedupe:
+                ids_out.append((start + i, rid, score))
+                continue
+            key = dedupe_key({"image": cols["image"][i], "question": cols["question"][i]})
+            if key in exclude:
+                result.n_overlap += 1
+                continue
+            rank = (-(-math.inf if score is None else score), rid)
+            cur = best.get(key)
+            if cur is not None:
+                result.n_duplicates += 1
+                if rank >= cur[0]:
+                    continue
+            best[key] = (rank, start + i, rid, score)
+    if dedupe:
+        ids_out = sorted((pos, rid, score) for _, pos, rid, score in best.values())
+    result.ids = [r for _, r, _ in ids_out]
+    result.positions = [pos for pos, _, _ in ids_out]
+    result.scores = [s for _, _, s in ids_out]
+
+
+def pool_dedupe_keys(pool: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> set[str]:
+    """The :func:`dedupe_key` of every record of a pool (e.g. the existing D_gen), streaming."""
+    p = open_pool(pool)
+    lacking = [c for c in ("image", "question") if c not in p.column_names]
+    if lacking:
+        raise SelectionError(f"cannot compute dedupe keys: the dataset has no {lacking} column(s)")
+    keys: set[str] = set()
+    for batch in p.iter_batches(["image", "question"], batch_size):
+        images, questions = batch.column("image").to_pylist(), batch.column("question").to_pylist()
+        keys.update(dedupe_key({"image": im, "question": q}) for im, q in zip(images, questions, strict=True))
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def save_rows(
+    pool: Any, out_dir: str | Path, positions: Sequence[int] | None = None, batch_size: int = 1024
+) -> Path:
+    """Save the rows of ``pool`` at ``positions`` (in that order; None: all rows) as a ``save_to_disk``
+    folder at ``out_dir``, atomically, without loading the pool into memory.
+
+    A ``datasets`` pool is written through ``Dataset.select`` (an indices mapping; ``save_to_disk`` then
+    copies in batches). A Parquet pool is streamed through an Arrow file holding only the wanted rows,
+    which ``save_to_disk`` then copies into place in the requested order.
+    """
+    from medgr2.utils.io import atomic_dir
+
+    p = open_pool(pool)
+    out = Path(out_dir)
+    if isinstance(p, _DatasetPool):
+        ds = p.ds if positions is None else p.ds.select(list(positions))
+        with atomic_dir(out) as tmp:
+            ds.save_to_disk(str(tmp))
+        return out
+    assert isinstance(p, _ParquetPool)
+    wanted = None if positions is None else np.asarray(sorted(set(positions)), dtype=np.int64)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.rows-", dir=out.parent))
+    try:
+        from datasets.arrow_writer import ArrowWriter
+
+        rows_file = scratch / "rows.arrow"
+        writer = ArrowWriter(features=p.features, path=str(rows_file), schema=None if p.features else p.schema)
+        start = 0
+        for batch in p.iter_batches(p.column_names, batch_size):
+            table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+            if wanted is not None:
+                lo, hi = np.searchsorted(wanted, [start, start + table.num_rows])
+                table = table.take(pa.array(wanted[lo:hi] - start)) if hi > lo else table.slice(0, 0)
+            if table.num_rows:
+                writer.write_table(table)
+            start += batch.num_rows
+        writer.finalize()
+        ds = datasets.Dataset.from_file(str(rows_file))
+        if positions is not None:
+            # Rows were written in pool order; put them in the requested (e.g. best-first) order.
+            where = {int(pos): n for n, pos in enumerate(wanted.tolist())}
+            ds = ds.select([where[int(pos)] for pos in positions])
+        with atomic_dir(out) as tmp:
+            ds.save_to_disk(str(tmp))
+        del ds
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
+def pool_identity(pool: Any) -> Any:
+    """A JSON-able value that changes with the pool's content (for cache keys)."""
+    return open_pool(pool).identity()
+
+
+__all__ = [
+    "METHODS",
+    "SCORE_HINT",
+    "TAU_RANGE",
+    "SelectionError",
+    "SelectionResult",
+    "dedupe_key",
+    "image_key",
+    "normalise_question",
+    "open_pool",
+    "pool_dedupe_keys",
+    "pool_identity",
+    "save_rows",
+    "select",
+    "select_ids",
+]
