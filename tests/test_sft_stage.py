@@ -110,3 +110,15 @@ def test_a_killed_sft_run_resumes_from_its_last_checkpoint(make_cfg):
     ckpt2 = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=False)
     assert ckpt2["global_step"] == 6
+
+
+def test_the_report_table_reads_the_logged_accuracy_back(make_cfg):
+    from medgr2.report.tables import load_runs, qtype_table
+
+    cfg = make_cfg("stage=sft", "stage.max_steps=2", "stage.train_size=16", "stage.batch_size=8", "stage.val_every=2",
+                   "stage.val_size=8", "evaluate.limit=10", "experiment_name=tbl")
+    metrics = run(cfg)
+    runs = load_runs(cfg.logger.tracking_uri, tag="experiment", values=["tbl"], stage="sft")
+    table = qtype_table(runs)
+    assert f"| tbl | {100 * metrics['test/acc']:.1f} |" in table
+    assert "_chance_" in table and "_majority_" in table

@@ -92,7 +92,7 @@ class HackingMonitor:
     episode (re-armed when the condition clears) and :meth:`update` returns the flag every step, for logging.
     """
 
-    def __init__(self, window: int = 20, threshold: float = 0.1):
+    def __init__(self, window: int = 40, threshold: float = 0.15):
         if window < 2:
             raise ValueError(f"hacking window must be >= 2 steps, got {window}")
         self.window, self.threshold = int(window), float(threshold)
@@ -192,8 +192,8 @@ class GRPOPolicy(VLMModule):
                  format_weight: float = 0.0, rescale_rm: bool = False, rm_min: float = -6.0, rm_max: float = 10.0,
                  reward_model: str | None = None, reward_batch_size: int = 32, on_nan: str = "skip",
                  max_nan_batches: int = 10, max_grad_norm: float | None = 1.0,
-                 instruction: str = SHORT_INSTRUCTION, rollout: str = "expand", hacking_window: int = 20,
-                 hacking_threshold: float = 0.1):
+                 instruction: str = SHORT_INSTRUCTION, rollout: str = "expand", hacking_window: int = 40,
+                 hacking_threshold: float = 0.15):
         super().__init__(model, weights=weights, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                          total_steps=total_steps, eight_bit_optim=eight_bit_optim, lora=lora)
         if num_generations < 2:
@@ -367,17 +367,19 @@ class GRPOPolicy(VLMModule):
     def score(self, records: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> dict[str, Tensor]:
         """Reward components of N completions (records repeated G times): rm, match, format, total — (N,) each."""
         hp = self.hparams
+        rescale = hp.rescale_rm
         if self.rm_fn is not None:
             rm = torch.as_tensor(self.rm_fn(records, texts), dtype=torch.float32).reshape(-1)  # (N,)
             if rm.shape[0] != len(texts):
                 raise ValueError(f"rm_fn returned {rm.shape[0]} scores for {len(texts)} completions")
         else:
-            rm = torch.zeros(len(texts))  # no reward model: the alpha term vanishes
+            rm = torch.zeros(len(texts))  # no reward model: the alpha term vanishes (0 after rescaling too)
+            rescale = False
         preds = [extract_answer(t) for t in texts]
         comps = composite_reward_components(
             rm, preds, [r["answer"] for r in records], alpha=hp.alpha, beta=hp.beta_match,
             format_scores=[format_reward(t) for t in texts], format_weight=hp.format_weight,
-            rescale_rm=hp.rescale_rm, rm_min=hp.rm_min, rm_max=hp.rm_max)
+            rescale_rm=rescale, rm_min=hp.rm_min, rm_max=hp.rm_max)
         return {k: v.to(self.device) for k, v in comps.items()}
 
     # ------------------------------------------------------------------ one rollout batch

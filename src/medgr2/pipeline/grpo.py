@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ def run_grpo(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints")
     log.info("GRPO on %d prompts x %d rollouts for %d steps from %s (reward model: %s)", len(rows),
              s.num_generations, s.max_steps, weights or "scratch", s.get("reward_model") or "none")
-    trainer.fit(module, loader, ckpt_path=s.get("ckpt_path"))
+    with warnings.catch_warnings():
+        # Lightning warns that checkpoints hold the post-step state under manual optimization: that is intended.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        trainer.fit(module, loader, ckpt_path=s.get("ckpt_path"))
     metrics: dict[str, float] = {"train_prompts": float(len(rows)), "nan_batches": float(module.nan_batches)}
     write_rank_audit(out, trainer, module)
     if trainer.is_global_zero:

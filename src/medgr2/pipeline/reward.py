@@ -75,7 +75,9 @@ def graded_dataset_path(cfg: DictConfig, g: DictConfig | None = None) -> Path:
         key = fingerprint("path", str(Path(src.path).resolve()), ds._fingerprint, src.get("size"))
     else:
         key = fingerprint("split", cfg.data, str(src.split), src.get("size"))
-    return cache_dir(cfg) / "grade" / f"dgrade-{fingerprint(key, g.grading)}"
+    extra = float(g.get("wrong_letter_rate") or 0.0)
+    parts = (key, g.grading) if extra == 0 else (key, g.grading, {"wrong_letter_rate": extra})
+    return cache_dir(cfg) / "grade" / f"dgrade-{fingerprint(*parts)}"
 
 
 def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
@@ -92,9 +94,13 @@ def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
         meta = json.loads((path / GRADE_META).read_text()) if (path / GRADE_META).exists() else {}
     else:
         records = _source_records(cfg, g)
-        rows, skipped = build_graded(list(records), grade_config(g.grading))
+        gcfg = grade_config(g.grading)
+        rows, skipped = build_graded(list(records), gcfg)
         if not rows:
             raise ValueError(f"D_grade is empty: no usable record among {len(records)} (skipped: {dict(skipped)})")
+        rate = float(g.get("wrong_letter_rate") or 0.0)
+        if rate > 0:
+            rows += wrong_letter_rows(rows, gcfg.seed, target=gcfg.irrelevant, rate=rate)
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["grade"]] = counts.get(row["grade"], 0) + 1
@@ -146,14 +152,25 @@ def split_by_source(source_ids: Sequence[str], val_fraction: float, seed: int = 
     return train, val
 
 
-def wrong_letter_probes(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
-    """For each ``original`` row: the same rationale with a wrong answer letter (grade ``wrong_letter``,
-    target NaN). R_φ should score the original higher — the pairwise accuracy of the reward stage."""
+def wrong_letter_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0, target: float = math.nan,
+                      rate: float = 1.0) -> list[dict[str, Any]]:
+    """For ``original`` rows: the same rationale with a wrong answer letter (grade ``wrong_letter``).
+
+    With ``target`` NaN these are the pairwise probes of the reward stage (R_φ should score the original
+    higher); with ``target`` = the irrelevant grade's value they are hard negatives for D_grade — a
+    fluent, image-consistent rationale whose final answer is hallucinated. ``rate``: share of the
+    records that get one (chosen per source id, deterministically). The wrong letter is drawn with
+    :func:`rng_for` ``(seed, source_id, "wrong_letter")``, so a probe and a hard negative of the same record
+    are the same text.
+    """
     from medgr2.modules.reward import PROBE_GRADE
 
-    probes = []
+    out = []
     for row in rows:
         if row["grade"] != "original":
+            continue
+        sid = str(row["source_id"])
+        if rate < 1.0 and rng_for(seed, sid, "wrong_letter_pick").random() >= rate:
             continue
         parts = split_response(row["response"])
         n = len(row["options"] or [])
@@ -161,10 +178,17 @@ def wrong_letter_probes(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> lis
             continue
         rationale, letter = parts
         wrong = [c for c in LETTERS[:n] if c != letter.strip().upper()]
-        choice = rng_for(seed, str(row["source_id"]), PROBE_GRADE).choice(wrong)
-        probes.append({**row, "id": f"{row['source_id']}#{PROBE_GRADE}", "response": response_text(rationale, choice),
-                       "target": math.nan, "grade": PROBE_GRADE})
-    return probes
+        choice = rng_for(seed, sid, PROBE_GRADE).choice(wrong)
+        prov = json.loads(row.get("provenance") or "{}")
+        prov["grading"] = {"grade": PROBE_GRADE, "seed": seed, "letter": choice}
+        out.append({**row, "id": f"{sid}#{PROBE_GRADE}", "response": response_text(rationale, choice),
+                    "target": target, "grade": PROBE_GRADE, "provenance": json.dumps(prov, sort_keys=True)})
+    return out
+
+
+def wrong_letter_probes(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """The pairwise probes: :func:`wrong_letter_rows` with target NaN for every ``original`` row."""
+    return wrong_letter_rows(rows, seed)
 
 
 def _rm_node(cfg: DictConfig) -> DictConfig:
@@ -276,8 +300,10 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
     train_idx, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), int(cfg.seed),
                                          r.get("max_val_sources"))
     train_rows = rows.select(train_idx)
-    val_rows = rows.select(val_idx).to_list()
-    probes = wrong_letter_probes(val_rows, int(cfg.seed))
+    # Regression metrics are on the paper's four grades; the wrong-letter probes (built afresh for the
+    # held-out records, never trained on) measure the pairwise accuracy.
+    val_rows = [v for v in rows.select(val_idx).to_list() if v["grade"] in GRADES]
+    probes = wrong_letter_probes(val_rows, int(r.grading.seed))
     val_all = val_rows + probes
     log.info("R_φ data %s: %d train rows, %d held-out rows (%d sources) + %d wrong-letter probes",
              data_path, len(train_rows), len(val_rows), len({v["source_id"] for v in val_rows}), len(probes))
@@ -460,4 +486,4 @@ def run_score(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
 __all__ = ["GRADES", "build_grade_dataset", "ensure_reward_model", "graded_dataset_path", "reward_key",
            "reward_model_path", "run_grade", "run_reward", "run_score", "score_dataset", "split_by_source",
-           "wrong_letter_probes"]
+           "wrong_letter_probes", "wrong_letter_rows"]
