@@ -16,6 +16,7 @@ from medgr2.modules.reward import (
     RewardScorer,
     last_token_index,
     load_reward_model,
+    pool_hidden,
     reward_item,
 )
 
@@ -58,6 +59,18 @@ def test_last_token_index_for_left_and_right_padding() -> None:
     assert last_token_index(mask).tolist() == [3, 3, 1]
 
 
+def test_pooling_by_hand() -> None:
+    hidden = torch.arange(12, dtype=torch.float32).reshape(1, 4, 3)  # (B=1, T=4, H=3)
+    mask = torch.tensor([[0, 1, 1, 1]])  # left-padded
+    response = torch.tensor([[False, False, True, True]])
+    assert pool_hidden(hidden, mask, response, "last").tolist() == [[9.0, 10.0, 11.0]]
+    assert pool_hidden(hidden, mask, response, "mean").tolist() == [[7.5, 8.5, 9.5]]
+    assert pool_hidden(hidden, mask, None, "mean").tolist() == [[6.0, 7.0, 8.0]]  # every non-pad token
+    assert pool_hidden(hidden, mask, response, "last_mean").shape == (1, 6)
+    with pytest.raises(ValueError):
+        pool_hidden(hidden, mask, response, "max")
+
+
 def test_reward_item_reads_records_and_chat_items() -> None:
     rec = make_item(SynthMedConfig(), "train", 0)
     item = reward_item(rec)
@@ -74,7 +87,7 @@ def test_regressor_fit_lowers_mse_and_changes_parameters(shared_cache, graded_ro
     mean = sum(targets) / len(targets)
     std = (sum((t - mean) ** 2 for t in targets) / len(targets)) ** 0.5
     module = RewardRegressor(tiny_spec(shared_cache), lr=3e-3, head_lr=1e-2, warmup_steps=0, total_steps=40,
-                             head_hidden=32, target_mean=mean, target_std=std)
+                             head_hidden=32, target_mean=mean, target_std=std, pooling="last_mean")
     batch = RewardCollator(module.processor)(items_of(graded_rows))
     target = batch["target"]
 
@@ -105,7 +118,8 @@ def test_regressor_fit_lowers_mse_and_changes_parameters(shared_cache, graded_ro
 def export(shared_cache, tmp_path_factory):
     """An R_φ export with a random (non-constant) head."""
     torch.manual_seed(1)
-    module = RewardRegressor(tiny_spec(shared_cache), head_hidden=16, target_mean=2.5, target_std=6.0)
+    module = RewardRegressor(tiny_spec(shared_cache), head_hidden=16, target_mean=2.5, target_std=6.0,
+                             pooling="last_mean")
     for p in module.head.parameters():
         torch.nn.init.normal_(p, std=0.5)
     path = module.export(tmp_path_factory.mktemp("rm") / "reward_model", {"generation": 0})
@@ -115,7 +129,7 @@ def export(shared_cache, tmp_path_factory):
 def test_export_round_trip_and_lineage(export, graded_rows) -> None:
     module, path = export
     meta = json.loads((path / HEAD_CONFIG).read_text())
-    assert meta["lineage"] == {"generation": 0} and meta["target_std"] == 6.0
+    assert meta["lineage"] == {"generation": 0} and meta["target_std"] == 6.0 and meta["pooling"] == "last_mean"
     loaded = load_reward_model(path, device="cpu")
     items = items_of(graded_rows[:6])
     batch = RewardCollator(module.processor)(items)

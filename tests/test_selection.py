@@ -100,9 +100,9 @@ def test_randk_is_seeded_and_deterministic(pool):
 
 
 def test_randk_is_uniform(pool):
-    counts = Counter(i for seed in range(600) for i in select_ids(pool, "randk", k=3, seed=seed))
+    counts = Counter(i for seed in range(300) for i in select_ids(pool, "randk", k=3, seed=seed))
     assert set(counts) == {r[0] for r in POOL}
-    assert all(110 <= c <= 190 for c in counts.values()), counts  # expected 150 each
+    assert all(50 <= c <= 100 for c in counts.values()), counts  # expected 75 each (sd ~8)
 
 
 def test_randk_without_overlap_keeps_the_better_duplicate(pool, gen_keys):

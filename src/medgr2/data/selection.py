@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,8 +230,6 @@ class _Entry:
 
 
 def _check_settings(method: str, k: Any, tau: Any, n_pool: int, allow_fewer: bool) -> None:
-    if method not in METHODS:
-        raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     if method in ("topk", "randk"):
         if k is None:
             raise SelectionError(f"select={method} needs k (e.g. k=2000)")
@@ -256,18 +254,35 @@ def _check_settings(method: str, k: Any, tau: Any, n_pool: int, allow_fewer: boo
             )
 
 
-def _rows(
-    pool: _Pool, columns: Sequence[str], batch_size: int
-) -> Iterator[tuple[int, dict[str, list[Any]], np.ndarray | None]]:
-    """(first position, python columns except score, scores as float64 with NaN for nulls) per batch."""
+class _Batch:
+    """One Arrow batch: scores as float64 (NaN for nulls) up front, other columns converted to Python only
+    for the rows a method still needs (``take``): TopK/threshold filter most rows out vectorised, so ids
+    and — when deduplicating — image bytes of the discarded rows are never copied into Python objects."""
+
+    def __init__(self, start: int, batch: pa.Table | pa.RecordBatch):
+        self.start, self.batch, self.num_rows = start, batch, batch.num_rows
+        names = batch.schema.names
+        self.scores = (
+            batch.column(names.index("score")).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            if "score" in names
+            else None
+        )
+
+    def take(self, column: str, idx: np.ndarray) -> list[Any]:
+        col = self.batch.column(self.batch.schema.names.index(column))
+        return col.take(pa.array(idx, pa.int64())).to_pylist()
+
+
+def _batches(pool: _Pool, columns: Sequence[str], batch_size: int) -> Iterator[_Batch]:
     pos = 0
     for batch in pool.iter_batches(columns, batch_size):
-        cols = {c: batch.column(c) for c in columns}
-        scores = None
-        if "score" in cols:
-            scores = cols.pop("score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        yield pos, {c: v.to_pylist() for c, v in cols.items()}, scores
+        yield _Batch(pos, batch)
         pos += batch.num_rows
+
+
+def _keys(b: _Batch, idx: np.ndarray) -> list[str]:
+    return [dedupe_key({"image": im, "question": q}) for im, q in zip(b.take("image", idx), b.take("question", idx),
+                                                                       strict=True)]
 
 
 def select(
@@ -283,14 +298,15 @@ def select(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> SelectionResult:
     """Select from ``pool`` with ``method``; see :func:`select_ids` for the arguments."""
+    if method not in METHODS:
+        raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     p = open_pool(pool)
-    _check_settings(method, k, tau, p.num_rows, allow_fewer)
-    missing = [c for c in ("id",) if c not in p.column_names]
-    if missing:
-        raise SelectionError(f"the pool has no {missing[0]!r} column (columns: {p.column_names})")
+    if "id" not in p.column_names:
+        raise SelectionError(f"the pool has no 'id' column (columns: {p.column_names})")
     has_score = "score" in p.column_names
     if method in ("topk", "threshold") and not has_score:
         raise SelectionError(f"select={method} ranks by reward, but the pool has no 'score' column: {SCORE_HINT}")
+    _check_settings(method, k, tau, p.num_rows, allow_fewer)
     if exclude_keys and allow_overlap:
         raise SelectionError("exclude_keys (dedupe against D_gen) needs allow_overlap=False")
     dedupe = not allow_overlap
@@ -299,6 +315,9 @@ def select(
         if lacking:
             raise SelectionError(f"allow_overlap=false needs the columns image and question; missing {lacking}")
     columns = ["id"] + (["score"] if has_score else []) + (["image", "question"] if dedupe else [])
+    if dedupe:
+        # Image bytes are read in these batches: keep a batch's transient footprint small.
+        batch_size = min(batch_size, 1024)
     result = SelectionResult(method=method, n_pool=p.num_rows)
     exclude = exclude_keys or set()
     if method in ("topk", "randk"):
@@ -368,8 +387,8 @@ def _select_bounded(
             heapq.heappop(heap)
         return heap[0]
 
-    for start, cols, scores in _rows(p, columns, batch_size):
-        ids = cols["id"]
+    for b in _batches(p, columns, batch_size):
+        scores = b.scores
         if topk:
             assert scores is not None
             valid = ~np.isnan(scores)
@@ -379,18 +398,18 @@ def _select_bounded(
                 valid &= scores >= root().score
             idx = np.flatnonzero(valid)
         else:
-            idx = range(len(ids))
-        for i in idx:
-            i = int(i)
-            rid = str(ids[i])
+            idx = np.arange(b.num_rows)
+        ids = b.take("id", idx)
+        keys = _keys(b, idx) if dedupe else [None] * len(idx)
+        for i, rid, key in zip(idx.tolist(), ids, keys, strict=True):
+            rid = str(rid)
             score = None if scores is None or math.isnan(scores[i]) else float(scores[i])
-            key = dedupe_key({"image": cols["image"][i], "question": cols["question"][i]}) if dedupe else None
             if key is not None and key in exclude:
                 result.n_overlap += 1
                 continue
             s = -math.inf if score is None else score
             rank = (-s, rid) if topk else (_priority(seed, key if dedupe else rid), -s, rid)
-            entry = _Entry(rank, rid, key, start + i, score)
+            entry = _Entry(rank, rid, key, b.start + i, score)
             if key is not None:
                 cur = live.get(key)
                 if cur is not None:
@@ -428,25 +447,25 @@ def _select_unbounded(
     """Threshold / all: the output itself is O(kept), so a dict of kept keys costs nothing extra."""
     best: dict[str, tuple[tuple, int, str, float | None]] = {}  # key -> (rank, pos, id, score)
     ids_out: list[tuple[int, str, float | None]] = []
-    for start, cols, scores in _rows(p, columns, batch_size):
-        ids = cols["id"]
+    for b in _batches(p, columns, batch_size):
+        scores = b.scores
         if scores is not None:
-            nan = np.isnan(scores)
-            result.n_unscored += int(nan.sum())
+            result.n_unscored += int(np.isnan(scores).sum())
         if method == "threshold":
             assert scores is not None
             with np.errstate(invalid="ignore"):
                 idx = np.flatnonzero(scores > float(tau))  # strictly greater (Alg. 1 line 5); NaN fails
         else:
-            idx = range(len(ids))
-        for i in idx:
-            i = int(i)
-            rid = str(ids[i])
+            idx = np.arange(b.num_rows)
+        ids = b.take("id", idx)
+        keys = _keys(b, idx) if dedupe else [None] * len(idx)
+        for i, rid, key in zip(idx.tolist(), ids, keys, strict=True):
+            rid = str(rid)
+            pos = b.start + i
             score = None if scores is None or math.isnan(scores[i]) else float(scores[i])
-            if not dedupe:
-                ids_out.append((start + i, rid, score))
+            if key is None:
+                ids_out.append((pos, rid, score))
                 continue
-            key = dedupe_key({"image": cols["image"][i], "question": cols["question"][i]})
             if key in exclude:
                 result.n_overlap += 1
                 continue
@@ -456,7 +475,7 @@ def _select_unbounded(
                 result.n_duplicates += 1
                 if rank >= cur[0]:
                     continue
-            best[key] = (rank, start + i, rid, score)
+            best[key] = (rank, pos, rid, score)
     if dedupe:
         ids_out = sorted((pos, rid, score) for _, pos, rid, score in best.values())
     result.ids = [r for _, r, _ in ids_out]
@@ -481,10 +500,16 @@ def pool_dedupe_keys(pool: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> set[str
 
 
 def save_rows(
-    pool: Any, out_dir: str | Path, positions: Sequence[int] | None = None, batch_size: int = 1024
+    pool: Any,
+    out_dir: str | Path,
+    positions: Sequence[int] | None = None,
+    batch_size: int = 1024,
+    extra_json: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save the rows of ``pool`` at ``positions`` (in that order; None: all rows) as a ``save_to_disk``
-    folder at ``out_dir``, atomically, without loading the pool into memory.
+    folder at ``out_dir``, atomically, without loading the pool into memory. ``extra_json`` files
+    (name -> object) are written into the folder before it is renamed into place, so a folder that
+    exists always has its metadata.
 
     A ``datasets`` pool is written through ``Dataset.select`` (an indices mapping; ``save_to_disk`` then
     copies in batches). A Parquet pool is streamed through an Arrow file holding only the wanted rows,
@@ -498,6 +523,7 @@ def save_rows(
         ds = p.ds if positions is None else p.ds.select(list(positions))
         with atomic_dir(out) as tmp:
             ds.save_to_disk(str(tmp))
+            _write_extra(tmp, extra_json)
         return out
     assert isinstance(p, _ParquetPool)
     wanted = None if positions is None else np.asarray(sorted(set(positions)), dtype=np.int64)
@@ -525,10 +551,16 @@ def save_rows(
             ds = ds.select([where[int(pos)] for pos in positions])
         with atomic_dir(out) as tmp:
             ds.save_to_disk(str(tmp))
+            _write_extra(tmp, extra_json)
         del ds
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def _write_extra(folder: Path, extra_json: Mapping[str, Any] | None) -> None:
+    for name, obj in (extra_json or {}).items():
+        (folder / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def pool_identity(pool: Any) -> Any:

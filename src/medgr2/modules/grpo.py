@@ -5,7 +5,8 @@ One training step, on a batch of B VQA records (prompts):
 1. **Rollouts** (no grad): every prompt is encoded (image + text) and prefilled **once**; its KV cache is
    expanded to its G rollouts and N = B*G completions are sampled together, token by token, with the KV cache
    (``rollout="expand"``, the default). ``rollout="repeat"`` instead repeats each prompt G times and calls
-   ``model.generate`` (TRL's way; kept for comparison, see the benchmark numbers in the issue notes).
+   ``model.generate`` (TRL's way, kept for comparison). Measured on the tiny VLM, 2 prompts x 4 rollouts x 32
+   tokens, one CPU thread, interleaved in one process: ``expand`` takes ~0.7x the time of ``generate``.
 2. **Rewards** (host): ``r = alpha * R_phi + beta_match * 1[extract(a') = a] (+ format_weight * format)``
    from :func:`medgr2.rl.composite_reward_components`; ``R_phi`` comes from an injectable ``rm_fn`` (the
    frozen reward model, or none: then the alpha term is 0).
@@ -181,6 +182,7 @@ class GRPOPolicy(VLMModule):
         max_grad_norm: gradient clipping (manual optimization does its own; 0/None disables).
         rollout: ``expand`` (prefill once per prompt, expand the KV cache) or ``repeat`` (``generate``).
         hacking_window / hacking_threshold: reward-hacking monitor settings.
+        log_flush_every: per-step diagnostics are sent to the logger in batches of this many steps.
     """
 
     def __init__(self, model: dict[str, Any], weights: str | None = None, lr: float = 1e-4,
@@ -189,11 +191,11 @@ class GRPOPolicy(VLMModule):
                  max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0, loss_type: str = "grpo",
                  epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
                  scale_rewards: str = "group", num_iterations: int = 1, alpha: float = 0.8, beta_match: float = 0.2,
-                 format_weight: float = 0.0, rescale_rm: bool = False, rm_min: float = -6.0, rm_max: float = 10.0,
+                 format_weight: float = 0.0, rescale_rm: bool = True, rm_min: float = -6.0, rm_max: float = 10.0,
                  reward_model: str | None = None, reward_batch_size: int = 32, on_nan: str = "skip",
                  max_nan_batches: int = 10, max_grad_norm: float | None = 1.0,
                  instruction: str = SHORT_INSTRUCTION, rollout: str = "expand", hacking_window: int = 40,
-                 hacking_threshold: float = 0.15):
+                 hacking_threshold: float = 0.15, log_flush_every: int = 10):
         super().__init__(model, weights=weights, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                          total_steps=total_steps, eight_bit_optim=eight_bit_optim, lora=lora)
         if num_generations < 2:
@@ -234,6 +236,7 @@ class GRPOPolicy(VLMModule):
         self.nan_batches = 0
         self._consecutive_nan = 0
         self._buffer: Rollouts | None = None
+        self._pending: list[tuple[int, dict[str, float]]] = []  # (step, metrics) rows not yet sent to the logger
         fwd = inspect.signature(self._hf().forward).parameters
         self._cache_kw = "cache" if "cache" in fwd else "past_key_values"  # renamed in transformers 5.x
 
@@ -386,7 +389,7 @@ class GRPOPolicy(VLMModule):
     def make_rollouts(self, records: Sequence[Mapping[str, Any]]) -> tuple[Rollouts | None, dict[str, Any]]:
         """Generate, score and compute advantages for B records. Returns (rollouts or None if skipped, stats)."""
         hp, G = self.hparams, self.G
-        timing: dict[str, float] = {}
+        timing: dict[str, float] = {}  # time/generate covers prompt encoding (collation) + sampling
         t0 = time.perf_counter()
         self.prompt_ids.extend(str(r.get("id", "")) for r in records)
         prompt = self.prompt_batch(records)
@@ -416,9 +419,11 @@ class GRPOPolicy(VLMModule):
         if bad:
             idx = nan_rows.nonzero().flatten().tolist()
             if hp.on_nan == "raise":
+                self.flush_logs()
+                where = f"rows {idx[:10]}" if idx else "on another rank"
                 raise FloatingPointError(
-                    f"NaN reward for {len(idx)} of {rewards.numel()} completions (rows {idx[:10]}): the reward "
-                    "model is broken or diverged. Set stage.on_nan=skip to skip such batches instead.")
+                    f"NaN reward for {len(idx)} of {rewards.numel()} completions ({where}): the reward model is "
+                    "broken or diverged. Set stage.on_nan=skip to skip such batches instead.")
             self.nan_batches += 1
             self._consecutive_nan += 1
             log.warning("NaN reward in %d completions: batch skipped (%d so far)", len(idx), self.nan_batches)
@@ -482,6 +487,7 @@ class GRPOPolicy(VLMModule):
                 # Skipped batches do not count as optimizer steps, so a reward model that always gives NaN
                 # would never reach max_steps: stop it.
                 if self._consecutive_nan >= hp.max_nan_batches:
+                    self.flush_logs()
                     raise FloatingPointError(f"{self._consecutive_nan} consecutive batches with NaN rewards: the "
                                              "reward model is broken (stage.max_nan_batches)")
                 return None
@@ -507,7 +513,13 @@ class GRPOPolicy(VLMModule):
         return None
 
     def _log_step(self, stats: Mapping[str, Any], batch_size: int) -> None:
-        """One host transfer for all tensor stats, the hacking monitor, then ``self.log`` (-> MLflow)."""
+        """Record one step's diagnostics: one host transfer for all tensor stats, the hacking monitor, the logger.
+
+        Every step is recorded (``self.history`` and the logger), but rows reach the logger in batches of
+        ``log_flush_every`` steps: per step, Lightning's ``self.log`` bookkeeping (~2 ms a key) and one MLflow
+        SQLite write (~50 ms) cost as much as the GRPO step of the tiny model. Only the progress-bar values go
+        through ``self.log``.
+        """
         keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
         values: list[float] = []
         if keys:
@@ -519,8 +531,33 @@ class GRPOPolicy(VLMModule):
         row.update(dict(zip(keys, values, strict=True)))
         if "format_rate" in row and "accuracy" in row:
             row["reward_hacking"] = float(self.monitor.update(row["format_rate"], row["accuracy"]))
-        row["step"] = float(self.global_step)
-        self.history.append(row)
-        for k, v in row.items():
-            if k != "step" and math.isfinite(v):
-                self.log(f"train/{k}", v, batch_size=batch_size, prog_bar=k in ("reward_mean", "accuracy"))
+        step = int(self.global_step)
+        self.history.append({**row, "step": float(step)})
+        self._pending.append((step, {f"train/{k}": v for k, v in row.items() if math.isfinite(v)}))
+        if len(self._pending) >= max(1, int(self.hparams.log_flush_every)):
+            self.flush_logs()
+        for k in ("reward_mean", "accuracy", "loss"):
+            if k in row and math.isfinite(row[k]):
+                self.log(f"train/{k}", row[k], batch_size=batch_size, prog_bar=True, logger=False)
+
+    def flush_logs(self) -> None:
+        """Write the buffered per-step rows to the trainer's loggers (MLflow: one ``log_batch`` for all)."""
+        pending, self._pending = self._pending, []
+        if not pending or self._trainer is None or not self.trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, MLFlowLogger):
+                from mlflow.entities import Metric
+
+                ts = int(time.time() * 1000)
+                metrics = [Metric(k, v, ts, step) for step, row in pending for k, v in row.items()]
+                for i in range(0, len(metrics), 1000):  # MLflow's per-request limit
+                    logger.experiment.log_batch(logger.run_id, metrics=metrics[i : i + 1000])
+            else:
+                for step, row in pending:
+                    logger.log_metrics(row, step=step)
+
+    def on_train_end(self) -> None:
+        self.flush_logs()

@@ -58,6 +58,7 @@ def build_policy(cfg: DictConfig, weights: str | None) -> GRPOPolicy:
         reward_batch_size=int(s.reward_batch_size), on_nan=str(s.on_nan), max_nan_batches=int(s.max_nan_batches),
         max_grad_norm=float(clip) if clip else None, instruction=_instruction(cfg), rollout=str(s.rollout),
         hacking_window=int(s.hacking_window), hacking_threshold=float(s.hacking_threshold),
+        log_flush_every=int(s.get("log_flush_every", 10)),
     )
 
 
@@ -94,8 +95,6 @@ def run_grpo(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     with open_dict(cfg):
         # GRPO uses manual optimization, for which Lightning refuses automatic clipping: the module clips.
         cfg.trainer.gradient_clip_val = None
-        if s.get("log_every_n_steps"):
-            cfg.trainer.log_every_n_steps = int(s.log_every_n_steps)
     out = output_dir(cfg)
     trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints")
     log.info("GRPO on %d prompts x %d rollouts for %d steps from %s (reward model: %s)", len(rows),

@@ -254,11 +254,13 @@ def _init_module(cfg: DictConfig, r: DictConfig, tracker: Tracker, train_targets
         meta = json.loads((Path(init) / HEAD_CONFIG).read_text())
         # The parent's head and its output scale belong together: keep its normalisation.
         mean, std, head_hidden, weights = meta["target_mean"], meta["target_std"], meta["head_hidden"], str(init)
+        pooling = str(meta.get("pooling", "last"))
     else:
         if init and not Path(init).exists():
             raise FileNotFoundError(f"stage.init={init} does not exist (an R_φ export folder or a .ckpt file)")
         weights = base_weights(cfg, tracker)
         head_hidden = int(r.head_hidden)
+        pooling = str(r.get("pooling", "last"))
         if r.get("normalize", True) and len(train_targets) > 1:
             n = len(train_targets)
             mean = sum(train_targets) / n
@@ -270,7 +272,8 @@ def _init_module(cfg: DictConfig, r: DictConfig, tracker: Tracker, train_targets
                              total_steps=int(r.max_steps), lora=r.get("lora"), head_hidden=int(head_hidden),
                              target_mean=float(mean), target_std=float(std),
                              head_lr=float(r.head_lr) if r.get("head_lr") else None,
-                             hi=float(r.grading.synonym), lo=float(r.grading.deletion), instruction=_instruction(cfg))
+                             hi=float(r.grading.synonym), lo=float(r.grading.deletion), instruction=_instruction(cfg),
+                             pooling=pooling)
     if init and Path(init).is_dir():
         module.load_head(init)
     elif init:  # a Lightning checkpoint of a previous reward run (same model and head settings)

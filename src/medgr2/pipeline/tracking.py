@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-SECRET_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+# Whole key names or their last "_" part: "hf_token" and "api_key" are secrets, "max_new_tokens" is not.
+SECRET_PATTERN = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
 REDACTED = "***"
 
 

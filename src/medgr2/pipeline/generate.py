@@ -1,0 +1,303 @@
+"""``stage=generate`` (the generator G_θ, Algorithm 1 line 3) and ``stage=distill`` (the self-updating
+generator, Algorithm 1 line 14).
+
+* ``generate``: sources = a split of the configured benchmark (SynthMed by default, with ground-truth
+  rationales), backend = the ``generator`` group, prompt strategy = the ``prompt`` group. Output goes to
+  ``stage.out_dir`` or a cache folder keyed by everything that changes the candidates, so a rerun of the
+  same command resumes (no request is redone) and sweep jobs with the same generation settings share one
+  pool. When complete, the candidates are also exported as a ``datasets`` folder for ``stage=score``.
+* ``distill``: :func:`distill_generator` fine-tunes the local VLM on selected (high-reward) candidates with
+  the SFT module — item = the generator prompt for the candidate's image/type/modality, target = the
+  candidate's JSON — and exports it for ``generator=hf generator.weights=<export>``. One training loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from medgr2.pipeline.common import build_trainer, cache_dir, fingerprint, load_split, output_dir, to_dict
+from medgr2.pipeline.tracking import Tracker
+from medgr2.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# Config keys that would hold a credential: "api_key", "key", "hf_token", "password", ... — but not
+# "api_key_env" (the variable's NAME) nor "max_new_tokens".
+_CREDENTIAL_KEY = re.compile(r"(^|_)(api_?key|key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
+
+EXPORT_META = "export_meta.json"
+GENERATOR_META = "generator_meta.json"
+
+
+# ============================================================================================ generate
+
+
+def _check_no_secret_values(gcfg: Mapping[str, Any]) -> None:
+    """Refuse a key written into the generator config (``+generator.api_key=...``): keys come from the
+    environment (``api_key_env`` names the variable) so they never reach saved configs or MLflow."""
+    for key, value in gcfg.items():
+        if _CREDENTIAL_KEY.search(str(key)) and value not in (None, ""):
+            raise ValueError(
+                f"generator.{key} is set in the config: never put credentials in a config or on the command "
+                "line. Export the key in the environment variable named by generator.api_key_env instead."
+            )
+
+
+def _weights_stamp(path: str | Path) -> str:
+    """Identify a weights folder by its files' sizes and mtimes (cheap; changes when it is re-exported)."""
+    folder = Path(path)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    blob = json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def make_generator(cfg: DictConfig):
+    """The backend of the ``generator`` group (``hf`` loads ``model`` through the model factory)."""
+    from medgr2.generation import make_backend
+
+    g = dict(to_dict(cfg.generator))
+    _check_no_secret_values(g)
+    name = str(g.pop("name"))
+    if name != "hf":
+        return make_backend(name, **g)
+    from medgr2.models.factory import load_vlm
+    from medgr2.pipeline.pretrain import base_weights
+
+    weights = g.pop("weights", None) or base_weights(cfg)
+    # No LoRA wrapper for generation: a distilled generator is exported with its adapters merged.
+    model, processor = load_vlm(to_dict(cfg.model), weights=weights, lora=False)
+    model.eval()
+    if weights:
+        label = f"{Path(weights).resolve()}#{_weights_stamp(weights)}"  # provenance + resume identity
+    else:
+        label = str(cfg.model.get("path") or cfg.model.name)
+    return make_backend("hf", model=model, processor=processor, model_name=label, **g)
+
+
+def generation_sources(cfg: DictConfig) -> datasets.Dataset:
+    """The generator's source records: ``stage.source_split`` of the configured data, ``stage.n_sources``
+    of them, images left encoded (``{"bytes", "path"}``) so candidates carry the very same image bytes —
+    no decode/re-encode per request, and dedupe keys match across D_gen and new pools."""
+    s = cfg.stage
+    n = s.get("n_sources")
+    ds = load_split(cfg, str(s.source_split), limit=int(n) if n is not None else None)
+    if len(ds) == 0:
+        raise ValueError(f"no source records in split {s.source_split!r}")
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def default_candidates_dir(cfg: DictConfig, sources: datasets.Dataset, backend: Any) -> Path:
+    """``<cache>/candidates/cand-<key>``: keyed by what changes the candidates (sources, generation plan,
+    prompt, backend fingerprint) — not by operational knobs (concurrency, spend cap, progress bar)."""
+    from medgr2.generation import get_prompt
+    from medgr2.generation._util import stable_hash
+
+    s = cfg.stage
+    fp = getattr(backend, "fingerprint", None)
+    key = fingerprint(
+        "candidates-v1",
+        str(cfg.data.name),
+        stable_hash([str(i) for i in sources["id"]]),
+        {k: to_dict(s.get(k)) for k in ("samples_per_source", "iteration", "seed", "shard_size", "question_types")},
+        get_prompt(str(cfg.prompt.name)).version,
+        fp() if callable(fp) else {"name": backend.name, "model": str(backend.model)},
+    )
+    return cache_dir(cfg) / "candidates" / f"cand-{key}"
+
+
+def export_candidates(out_dir: Path, force: bool = False) -> Path:
+    """Save the kept candidates of a generation ``out_dir`` as a ``datasets`` folder
+    (``<out_dir>/export/candidates``, what ``stage=score stage.input=`` loads), streaming the shards.
+    Skipped when an export of exactly the current shards exists."""
+    from medgr2.data.selection import save_rows
+    from medgr2.generation.store import read_manifest
+
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"no generation in {out_dir}")
+    stamp = {
+        "fingerprint": manifest["fingerprint"],
+        "shards": {k: e["file"] for k, e in sorted(manifest["shards"].items())},
+    }
+    # Not directly under out_dir: the store's cleanup removes `.*.tmp-*` leftovers there.
+    export = out_dir / "export" / "candidates"
+    meta_path = export / EXPORT_META
+    if not force and meta_path.exists() and json.loads(meta_path.read_text()).get("stamp") == stamp:
+        return export
+    n = sum(e["kept"] for e in manifest["shards"].values())
+    save_rows(out_dir, export, extra_json={EXPORT_META: {"stamp": stamp, "rows": n, "source": str(out_dir)}})
+    return export
+
+
+def summary_metrics(summary: Mapping[str, Any], prefix: str = "generate") -> dict[str, float]:
+    """A ``GenerationSummary.to_dict()`` as flat MLflow metrics (counts by reason / error kind / defect)."""
+    m: dict[str, float] = {
+        f"{prefix}/{k}": float(summary[k])
+        for k in ("requested", "attempted", "kept", "pending", "shards", "shards_written", "shards_skipped",
+                  "elapsed_s")
+    }
+    m[f"{prefix}/complete"] = float(bool(summary["complete"]))
+    m[f"{prefix}/rejected"] = float(sum(summary["rejected"].values()))
+    m[f"{prefix}/api_errors"] = float(sum(summary["api_errors"].values()))
+    for group in ("rejected", "api_errors", "kept_defects"):
+        for reason, count in summary[group].items():
+            m[f"{prefix}/{group}/{reason}"] = float(count)
+    return m
+
+
+def run_generate(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """Generate (or resume generating) candidates; log the summary as metrics and a JSON artifact."""
+    from medgr2.generation import get_prompt, run_generation
+
+    s = cfg.stage
+    strategy = get_prompt(str(cfg.prompt.name)).name
+    sources = generation_sources(cfg)
+    backend = make_generator(cfg)
+    out = Path(s.out_dir) if s.get("out_dir") else default_candidates_dir(cfg, sources, backend)
+    log.info("generating with %r, prompt=%s, %d sources -> %s", backend, strategy, len(sources), out)
+    summary = run_generation(
+        sources,
+        backend,
+        strategy,
+        out,
+        samples_per_source=int(s.samples_per_source),
+        iteration=int(s.iteration),
+        seed=int(s.seed),
+        shard_size=int(s.shard_size),
+        question_types=list(s.question_types) if s.get("question_types") else None,
+        progress=bool(s.get("progress", True)),
+    )
+    info = summary.to_dict()
+    export = None
+    if s.get("export", True) and (summary.complete or s.get("export_partial", False)):
+        export = export_candidates(out)
+        info["export"] = str(export)
+    metrics = summary_metrics(info)
+    tracker.log_metrics(metrics)
+    tags = {"generate.out_dir": str(out), "generate.backend": backend.name, "generate.prompt": strategy}
+    if export is not None:
+        tags["generate.export"] = str(export)
+    tracker.set_tags(tags)
+    report = output_dir(cfg) / "generation_summary.json"
+    atomic_write_json(report, info)
+    tracker.log_artifact(report)
+    rejected = sum(summary.rejected.values())
+    print(f"generated into {out}: kept {summary.kept}, rejected {rejected} {dict(summary.rejected)}, "
+          f"api errors {dict(summary.api_errors)}, pending {summary.pending}, {summary.elapsed_s:.1f}s")
+    if export is not None:
+        print(f"candidates dataset: {export}\n  score it: python train.py stage=score stage.input={export}\n"
+              f"  then:     python train.py stage=select stage.score.input={export} select=topk k=...")
+    elif not summary.complete:
+        print("incomplete: rerun the same command to retry the pending requests")
+    return metrics
+
+
+# ============================================================================================ distill
+
+DISTILL_DEFAULTS: dict[str, Any] = {
+    "train_size": None,
+    "strategy": None,  # None: cfg.prompt.name
+    "init": None,
+    "out_dir": None,
+    "max_steps": 200,
+    "batch_size": 16,
+    "lr": 5.0e-4,
+    "weight_decay": 0.0,
+    "warmup_steps": 10,
+}
+
+
+def _distill_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``stage.*`` for ``stage=distill``, ``stage.distill.*`` for a stage that embeds it, else defaults."""
+    node = cfg.stage if cfg.stage.get("name") == "distill" else cfg.stage.get("distill")
+    given = dict(to_dict(node) or {}) if node is not None else {}
+    settings = {**DISTILL_DEFAULTS, **{k: v for k, v in given.items() if k in DISTILL_DEFAULTS and v is not None}}
+    settings["strategy"] = settings["strategy"] or str(cfg.prompt.name)
+    return settings
+
+
+def generator_item(rec: Mapping[str, Any], strategy: str) -> dict[str, Any]:
+    """A candidate as a chat item: the prompt the generator would get for this image, question type and
+    option count; the target is the JSON object it should answer with (the fields validation reads)."""
+    from medgr2.data.schema import MAX_OPTIONS, MIN_OPTIONS
+    from medgr2.generation import get_prompt
+    from medgr2.generation.prompts import RESPONSE_FIELDS
+
+    template = get_prompt(strategy)
+    options = list(rec["options"])
+    n = len(options) if MIN_OPTIONS <= len(options) <= MAX_OPTIONS else None
+    prompt = template.render(question_type=str(rec["question_type"]), modality=str(rec["modality"]), n_options=n)
+    # Same key order as the structured-output schema asks for (reflection, when used, is optional).
+    order = [k for k in template.response_schema().get("propertyOrdering", RESPONSE_FIELDS) if k in RESPONSE_FIELDS]
+    obj = {"question_type": rec["question_type"], "question": rec["question"], "options": options,
+           "rationale": rec["rationale"], "answer": rec["answer"]}
+    return {"image": rec["image"], "prompt": prompt, "prefix": "",
+            "target": json.dumps({k: obj[k] for k in order}, ensure_ascii=False)}
+
+
+def distill_generator(cfg: DictConfig, tracker: Tracker, selected_ds: datasets.Dataset) -> Path:
+    """Fine-tune the local generator on ``selected_ds`` (high-reward candidates) and export it.
+
+    Reuses :class:`~medgr2.modules.sft.SFTPolicy` + :class:`~medgr2.data.collate.ChatCollator` and the
+    stages' Trainer, so the generator is trained by the same loop as the SFT policy. Starts from
+    ``init``, else ``generator.weights`` when ``generator=hf``, else the cached pretrained base (or the
+    ``model`` group's checkpoint). Returns the export folder (``save_pretrained``, LoRA merged), which
+    ``generator=hf generator.weights=<folder>`` generates from.
+    """
+    from medgr2.data.collate import ChatCollator
+    from medgr2.modules.data import ItemDataset
+    from medgr2.modules.sft import SFTPolicy
+    from medgr2.pipeline.pretrain import base_weights
+
+    d = _distill_settings(cfg)
+    rows = selected_ds
+    if d["train_size"] and len(rows) > int(d["train_size"]):
+        rows = rows.select(range(int(d["train_size"])))
+    if len(rows) == 0:
+        raise ValueError("distill: the selected dataset is empty (nothing to learn from)")
+    gen_weights = cfg.generator.get("weights") if cfg.generator.get("name") == "hf" else None
+    init = d["init"] or gen_weights or base_weights(cfg, tracker)
+    strategy = str(d["strategy"])
+    module = SFTPolicy(model=to_dict(cfg.model), weights=init, lr=float(d["lr"]),
+                       weight_decay=float(d["weight_decay"]), warmup_steps=int(d["warmup_steps"]),
+                       total_steps=int(d["max_steps"]))
+    loader = DataLoader(ItemDataset(rows, lambda r: generator_item(r, strategy)), batch_size=int(d["batch_size"]),
+                        shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
+    trainer = build_trainer(cfg, tracker, max_steps=int(d["max_steps"]), ckpt_dir=None)
+    log.info("distilling the generator on %d selected items (%s prompts) for %d steps from %s",
+             len(rows), strategy, d["max_steps"], init or "the model's checkpoint")
+    trainer.fit(module, loader)
+    out = Path(d["out_dir"]) if d["out_dir"] else output_dir(cfg) / "generator"
+    if trainer.is_global_zero:
+        module.export(out)
+        atomic_write_json(out / GENERATOR_META, {"strategy": strategy, "init": str(init), "train_rows": len(rows),
+                                                 "max_steps": int(d["max_steps"])})
+        tracker.set_tags({"generator_dir": str(out)})
+    trainer.strategy.barrier()
+    return out
+
+
+def run_distill(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """``stage=distill``: :func:`distill_generator` on ``stage.train_data`` (a ``stage=select`` output)."""
+    s = cfg.stage
+    if not s.get("train_data"):
+        raise ValueError("stage=distill needs stage.train_data=<a selected dataset folder (stage=select output)>")
+    rows = datasets.load_from_disk(str(s.train_data))
+    out = distill_generator(cfg, tracker, rows)
+    print(f"distilled generator: {out}\n  use it: python train.py stage=generate generator=hf "
+          f"generator.weights={out} prompt={_distill_settings(cfg)['strategy']}")
+    return {"distill/train_rows": float(min(len(rows), int(s.get("train_size") or len(rows))))}
+
+
+__all__ = ["default_candidates_dir", "distill_generator", "export_candidates", "generation_sources", "generator_item",
+           "make_generator", "run_distill", "run_generate", "summary_metrics"]

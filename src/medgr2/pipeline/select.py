@@ -1,0 +1,152 @@
+"""``stage=select``: pick the training data D_gen from a scored candidate pool (Algorithm 1 lines 5–9).
+
+``python train.py stage=select select=topk k=2000`` — the method comes from the ``select`` group
+(``threshold | topk | randk | all``); the top-level ``k``, ``tau`` and ``allow_overlap`` are shortcuts that
+override the group's values when set. Selection streams over the pool (:mod:`medgr2.data.selection`); the
+selected rows (all columns) are written atomically as a ``datasets`` folder, which ``stage=sft`` /
+``stage=grpo`` (``stage.train_data=``) and ``stage=distill`` read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from medgr2.data.selection import (
+    SCORE_HINT,
+    SelectionError,
+    open_pool,
+    pool_dedupe_keys,
+    pool_identity,
+    save_rows,
+    select,
+)
+from medgr2.pipeline.common import cache_dir, fingerprint, output_dir, to_dict
+from medgr2.pipeline.tracking import Tracker
+from medgr2.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SELECTION_META = "selection_meta.json"
+SHORTCUTS = ("k", "tau", "allow_overlap")
+
+
+def selection_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The effective selection settings: the ``select`` group, with the top-level shortcuts
+    (``k=``, ``tau=``, ``allow_overlap=``) taking precedence when they are not null."""
+    settings = dict(to_dict(cfg.select))
+    for key in SHORTCUTS:
+        if cfg.get(key) is not None:
+            settings[key] = to_dict(cfg.get(key))
+    settings.setdefault("allow_fewer", False)
+    settings.setdefault("seed", int(cfg.get("seed", 0)))
+    return settings
+
+
+def default_pool(cfg: DictConfig) -> Path:
+    """Where ``stage=score`` with the settings under ``stage.score`` writes by default.
+
+    Mirrors ``run_score`` in :mod:`medgr2.pipeline.reward` (``<cache>/scored/scored-<input+model key>``);
+    if that module grows a public ``default_score_output(cfg)`` it is used instead.
+    """
+    from medgr2.pipeline import reward
+
+    node = cfg.stage.get("score")
+    if node is None:
+        raise SelectionError(f"stage.pool is not set and this stage has no `score` settings: {SCORE_HINT}")
+    scfg = copy.deepcopy(cfg)
+    with open_dict(scfg):
+        scfg.stage = node
+    helper = getattr(reward, "default_score_output", None)
+    if callable(helper):
+        return Path(helper(scfg))
+    s = scfg.stage
+    model_path = Path(s.model) if s.get("model") else reward.reward_model_path(scfg)
+    if not model_path.exists():
+        raise SelectionError(f"no scored pool yet (no reward model at {model_path}): {SCORE_HINT}")
+    ds = reward._score_input(scfg)
+    key = fingerprint(ds._fingerprint, len(ds), reward._model_id(model_path), s.response_key)
+    return cache_dir(cfg) / "scored" / f"scored-{key}"
+
+
+def _existing_paths(value: Any) -> list[str]:
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str | Path):
+        return [str(value)]
+    return [str(v) for v in to_dict(value)]
+
+
+def run_select(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """Select from ``stage.pool`` (default: the score stage's output) into ``stage.out_dir``."""
+    s = cfg.stage
+    settings = selection_settings(cfg)
+    used = _used_by(str(settings["method"]))
+    for key in ("k", "tau"):
+        if cfg.get(key) is not None and key != used:
+            log.warning("%s=%s is ignored by select=%s", key, cfg.get(key), settings["method"])
+    pool_path = Path(s.pool) if s.get("pool") else default_pool(cfg)
+    if not pool_path.exists():
+        raise SelectionError(f"the candidate pool {pool_path} does not exist: {SCORE_HINT}")
+    pool = open_pool(pool_path)
+    existing = _existing_paths(s.get("existing"))
+    allow_overlap = bool(settings["allow_overlap"])
+    if existing and allow_overlap:
+        log.warning("stage.existing is ignored: allow_overlap=true keeps candidates already in D_gen")
+    use_existing = existing if not allow_overlap else []
+    missing = [e for e in use_existing if not Path(e).exists()]
+    if missing:
+        raise SelectionError(f"stage.existing (D_gen) not found: {missing}")
+    # Only the settings the method uses key the output: a seed sweep reuses one TopK selection.
+    unused = {"topk": ("tau", "seed"), "randk": ("tau",), "threshold": ("k", "seed"), "all": ("k", "tau", "seed")}
+    relevant = {k: v for k, v in settings.items() if k not in unused.get(str(settings["method"]), ())}
+    key = fingerprint("select-v1", pool.identity(), [pool_identity(e) for e in use_existing], relevant)
+    out = Path(s.out_dir) if s.get("out_dir") else cache_dir(cfg) / "selected" / f"sel-{key}"
+    meta_path = out / SELECTION_META
+    if meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
+        meta = json.loads(meta_path.read_text())
+        log.info("reusing the identical selection in %s", out)
+    else:
+        exclude = set()
+        for e in use_existing:
+            exclude |= pool_dedupe_keys(e, batch_size=int(s.batch_size))
+        result = select(
+            pool,
+            str(settings["method"]),
+            k=settings.get("k"),
+            tau=settings.get("tau"),
+            seed=int(settings.get("seed") or 0),
+            exclude_keys=exclude or None,
+            allow_overlap=allow_overlap,
+            allow_fewer=bool(settings.get("allow_fewer")),
+            batch_size=int(s.batch_size),
+        )
+        meta = {"key": key, "pool": str(pool_path), "existing": use_existing, "settings": settings,
+                **result.summary()}
+        save_rows(pool, out, result.positions, extra_json={SELECTION_META: meta})
+    if meta["n_selected"] == 0:
+        log.warning("the selection is empty (%s on %d candidates): later stages will have no data",
+                    settings["method"], meta["n_pool"])
+    metrics = {f"select/{k}": float(v) for k, v in meta.items()
+               if k.startswith(("n_", "score_")) and isinstance(v, int | float)}
+    tracker.log_metrics(metrics)
+    tracker.set_tags({"select.output": str(out), "select.pool": str(pool_path), "select.method": settings["method"]})
+    report = output_dir(cfg) / SELECTION_META
+    atomic_write_json(report, {**meta, "output": str(out)})
+    tracker.log_artifact(report)
+    print(f"selected {meta['n_selected']} of {meta['n_pool']} candidates ({settings['method']}; "
+          f"{meta['n_overlap']} overlapping D_gen, {meta['n_duplicates']} duplicates, "
+          f"{meta['n_unscored']} unscored dropped) -> {out}")
+    return metrics
+
+
+def _used_by(method: str) -> str | None:
+    return {"topk": "k", "randk": "k", "threshold": "tau"}.get(method)
+
+
+__all__ = ["default_pool", "run_select", "selection_settings"]
