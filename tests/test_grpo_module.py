@@ -196,6 +196,20 @@ def test_zero_variance_groups_give_a_zero_loss_gradient(shared_cache):
     assert loss.item() == 0.0
 
 
+def test_the_real_reward_scorer_plugs_in_as_rm_fn(shared_cache):
+    """R_phi's scorer (an untrained head here) scores GRPO's completions through :func:`reward_model_fn`."""
+    from medgr2.modules.grpo import reward_model_fn
+    from medgr2.modules.reward import RewardRegressor, RewardScorer
+
+    spec = {"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(shared_cache)}
+    scorer = RewardScorer(RewardRegressor(model=spec, lora=False))
+    module = make_policy(shared_cache, alpha=0.8, beta_match=0.2)
+    module.rm_fn = reward_model_fn(scorer, batch_size=8)
+    ro, stats = module.make_rollouts(records(2))
+    assert ro is not None and ro.advantages.shape == (8,)
+    assert math.isfinite(float(stats["reward_rm"])) and math.isfinite(float(stats["reward_mean"]))
+
+
 def test_completion_mask_keeps_tokens_up_to_the_first_eos():
     eos = torch.tensor([9])
     mask, has_eos = completion_mask(torch.tensor([[1, 9, 2, 9], [1, 2, 3, 4]]), eos)

@@ -17,6 +17,7 @@ from medgr2.modules.reward import (
     last_token_index,
     load_reward_model,
     pool_hidden,
+    resolved_answer,
     reward_item,
 )
 
@@ -71,12 +72,22 @@ def test_pooling_by_hand() -> None:
         pool_hidden(hidden, mask, response, "max")
 
 
+def test_resolved_answer_names_the_option_of_the_stated_letter() -> None:
+    options = ["blue", "red", "green"]
+    assert resolved_answer("<think>It is red.</think><answer>B</answer>", options) == "\nB) red"
+    assert resolved_answer("<answer>A</answer> then <answer> c </answer>", options) == "\nC) green"  # the last
+    assert resolved_answer("<answer>D</answer>", options) == ""  # no such option
+    assert resolved_answer("no tags at all", options) == ""
+
+
 def test_reward_item_reads_records_and_chat_items() -> None:
     rec = make_item(SynthMedConfig(), "train", 0)
-    item = reward_item(rec)
+    item = reward_item(rec, resolve_letter=False)
     assert item["target"] == f"<think>{rec['rationale']}</think><answer>{rec['answer']}</answer>"
     assert rec["question"] in item["prompt"]
-    assert reward_item({**rec, "response": "<answer>B</answer>"})["target"] == "<answer>B</answer>"
+    letter = rec["answer"]
+    assert reward_item(rec)["target"] == item["target"] + f"\n{letter}) {rec['options'][ord(letter) - 65]}"
+    assert reward_item({**rec, "response": "<answer>B</answer>"}, resolve_letter=False)["target"] == "<answer>B</answer>"
     chat = {"image": rec["image"], "prompt": "Q?", "prefix": "<think>x</think>", "target": "<answer>A</answer>"}
     assert reward_item(chat)["target"] == "<think>x</think><answer>A</answer>"
 
@@ -130,6 +141,7 @@ def test_export_round_trip_and_lineage(export, graded_rows) -> None:
     module, path = export
     meta = json.loads((path / HEAD_CONFIG).read_text())
     assert meta["lineage"] == {"generation": 0} and meta["target_std"] == 6.0 and meta["pooling"] == "last_mean"
+    assert meta["resolve_letter"] is True
     loaded = load_reward_model(path, device="cpu")
     items = items_of(graded_rows[:6])
     batch = RewardCollator(module.processor)(items)

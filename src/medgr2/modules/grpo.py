@@ -57,22 +57,25 @@ class RewardHackingWarning(UserWarning):
     """Format reward rises while answer accuracy falls: the policy games the format term."""
 
 
-def reward_model_fn(path: str, instruction: str = SHORT_INSTRUCTION, batch_size: int = 32) -> RewardFn | None:
-    """``rm_fn`` backed by the frozen reward model ``R_phi`` saved at ``path`` (``RewardScorer``).
+def reward_model_fn(source: Any, instruction: str = SHORT_INSTRUCTION, batch_size: int = 32) -> RewardFn | None:
+    """``rm_fn`` backed by the frozen reward model ``R_phi``: a ``RewardScorer`` or the path of an R_phi export.
 
     The reward-model module is imported lazily (it is heavy, and optional for match-only GRPO). When it cannot
     be imported, this warns loudly and returns ``None``: GRPO then trains on the match (+format) terms only.
     """
-    try:
-        from medgr2.modules.reward import RewardScorer
-    except ImportError as err:
-        msg = (f"stage.reward_model={path!r} is set but medgr2.modules.reward.RewardScorer cannot be imported "
-               f"({err}); GRPO falls back to the match (+format) reward WITHOUT R_phi (alpha term = 0). "
-               "Set stage.reward_model=null to silence this.")
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        log.warning(msg)
-        return None
-    scorer = RewardScorer(path)
+    if hasattr(source, "score"):
+        scorer = source
+    else:
+        try:
+            from medgr2.modules.reward import RewardScorer
+        except ImportError as err:
+            msg = (f"stage.reward_model={source!r} is set but medgr2.modules.reward.RewardScorer cannot be "
+                   f"imported ({err}); GRPO falls back to the match (+format) reward WITHOUT R_phi (alpha term = "
+                   "0). Set stage.reward_model=null to silence this.")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            log.warning(msg)
+            return None
+        scorer = RewardScorer(source)
     # The user turn is rebuilt with the instruction R_phi was trained with, when the scorer knows it.
     rm_instruction = getattr(scorer, "instruction", instruction)
 

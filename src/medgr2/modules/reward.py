@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from medgr2.data.collate import IGNORE, ChatCollator, model_inputs
 from medgr2.data.prompting import response_text, user_text
+from medgr2.data.schema import LETTERS
 from medgr2.evaluation.reward_metrics import (
     paired_scores,
     pairwise_accuracy,
@@ -80,12 +82,33 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
-def reward_item(rec: Mapping[str, Any], instruction: str = "", response_key: str = "response") -> dict[str, Any]:
+_ANSWER_RE = re.compile(r"<answer>\s*([A-Za-z])\s*</answer>")
+
+
+def resolved_answer(response: str, options: Sequence[str]) -> str:
+    """``"\nB) red"`` for a response whose (last) ``<answer>`` is the letter B of ``options``; ``""`` when the
+    response states no letter or one outside the options.
+
+    R_φ reads this line after the response (``resolve_letter``): a letter means nothing without the option
+    it points at, and a judge reads both. It turns "is the letter the one the rationale argues for?" into
+    comparing two words — which a small VLM learns in minutes — instead of binding shuffled letters to
+    options, which it learns slowly (DESIGN.md §3).
+    """
+    found = _ANSWER_RE.findall(response or "")
+    if not found:
+        return ""
+    idx = LETTERS.find(found[-1].upper())
+    return f"\n{LETTERS[idx]}) {options[idx]}" if 0 <= idx < len(options) else ""
+
+
+def reward_item(rec: Mapping[str, Any], instruction: str = "", response_key: str = "response",
+                resolve_letter: bool = True) -> dict[str, Any]:
     """A record (or a ready item) as a reward-model item: user turn = the VQA question, assistant = the response.
 
     Accepted inputs: a chat item ``{image, prompt, target}`` (taken as is; ``prefix`` is prepended to the
     response), or a schema record with a ``response`` column (graded rows, candidates, policy samples),
     or a schema record without one, whose reference ``<think>rationale</think><answer>X</answer>`` is scored.
+    With ``resolve_letter`` a record's response is followed by :func:`resolved_answer`.
     """
     if "prompt" in rec and "target" in rec and "question" not in rec:
         return {"image": rec["image"], "prompt": rec["prompt"], "prefix": "",
@@ -93,6 +116,8 @@ def reward_item(rec: Mapping[str, Any], instruction: str = "", response_key: str
     response = rec.get(response_key)
     if not response:
         response = response_text(rec.get("rationale", ""), str(rec["answer"]).strip().upper())
+    if resolve_letter:
+        response += resolved_answer(response, list(rec.get("options") or []))
     return {"image": rec["image"], "prompt": user_text(rec, instruction), "prefix": "", "target": response}
 
 
@@ -143,13 +168,16 @@ class RewardRegressor(VLMModule):
     :param hi/lo: grade thresholds of the separation accuracy (good ≥ ``hi``, bad ≤ ``lo``).
     :param instruction: the prompt instruction the items are built with; saved in the export so scoring
         builds the same prompts.
+    :param resolve_letter: items show the chosen option's text after the response (:func:`resolved_answer`);
+        saved in the export for the same reason.
     """
 
     def __init__(self, model: dict[str, Any], weights: str | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.0, warmup_steps: int = 50, total_steps: int = 1000,
                  eight_bit_optim: bool = False, lora: bool | None = None, head_hidden: int = 64,
                  target_mean: float = 0.0, target_std: float = 1.0, head_lr: float | None = None,
-                 hi: float = 6.0, lo: float = 0.0, instruction: str = "", pooling: str = "last"):
+                 hi: float = 6.0, lo: float = 0.0, instruction: str = "", pooling: str = "last",
+                 resolve_letter: bool = True):
         super().__init__(model=model, weights=weights, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                          total_steps=total_steps, eight_bit_optim=eight_bit_optim, lora=lora)
         if pooling not in POOLINGS:
@@ -160,6 +188,7 @@ class RewardRegressor(VLMModule):
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))
         self.instruction = instruction
+        self.resolve_letter = bool(resolve_letter)
         self._val: dict[str, list] = {}
 
     # ------------------------------------------------------------------------------------------ forward
@@ -246,6 +275,7 @@ class RewardRegressor(VLMModule):
             "hi": float(self.hparams.hi),
             "lo": float(self.hparams.lo),
             "instruction": self.instruction,
+            "resolve_letter": self.resolve_letter,
             "model": {k: spec.get(k) for k in ("name", "dtype", "attn_implementation", "image_size",
                                                "trust_remote_code") if k in spec},
         }
@@ -312,7 +342,8 @@ def load_reward_model(path: str | Path, device: str | torch.device | None = None
                              head_hidden=int(meta["head_hidden"]), target_mean=float(meta["target_mean"]),
                              target_std=float(meta["target_std"]), hi=float(meta.get("hi", 6.0)),
                              lo=float(meta.get("lo", 0.0)), instruction=str(meta.get("instruction", "")),
-                             pooling=str(meta.get("pooling", "last")))
+                             pooling=str(meta.get("pooling", "last")),
+                             resolve_letter=bool(meta.get("resolve_letter", False)))
     module.load_head(path)
     module.lineage = dict(meta.get("lineage") or {})
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -344,8 +375,9 @@ class RewardScorer:
         return self.module.instruction
 
     def items(self, records_or_items: Iterable[Mapping[str, Any]], response_key: str = "response"):
+        """Reward items built exactly as in training (same instruction, same letter resolution)."""
         for rec in records_or_items:
-            yield reward_item(rec, self.instruction, response_key)
+            yield reward_item(rec, self.instruction, response_key, self.module.resolve_letter)
 
     @torch.no_grad()
     def score(self, records_or_items: Iterable[Mapping[str, Any]], batch_size: int | None = None,

@@ -227,10 +227,10 @@ def _instruction(cfg: DictConfig) -> str:
     return instr(cfg)
 
 
-def _training_item(row: Mapping[str, Any], instruction: str) -> dict[str, Any]:
+def _training_item(row: Mapping[str, Any], instruction: str, resolve_letter: bool) -> dict[str, Any]:
     from medgr2.modules.reward import reward_item
 
-    item = reward_item(row, instruction)
+    item = reward_item(row, instruction, resolve_letter=resolve_letter)
     item.update(score_target=float(row["target"]), grade=row["grade"], source_id=row["source_id"])
     return item
 
@@ -255,12 +255,14 @@ def _init_module(cfg: DictConfig, r: DictConfig, tracker: Tracker, train_targets
         # The parent's head and its output scale belong together: keep its normalisation.
         mean, std, head_hidden, weights = meta["target_mean"], meta["target_std"], meta["head_hidden"], str(init)
         pooling = str(meta.get("pooling", "last"))
+        resolve = bool(meta.get("resolve_letter", False))
     else:
         if init and not Path(init).exists():
             raise FileNotFoundError(f"stage.init={init} does not exist (an R_φ export folder or a .ckpt file)")
         weights = base_weights(cfg, tracker)
         head_hidden = int(r.head_hidden)
         pooling = str(r.get("pooling", "last"))
+        resolve = bool(r.get("resolve_letter", True))
         if r.get("normalize", True) and len(train_targets) > 1:
             n = len(train_targets)
             mean = sum(train_targets) / n
@@ -273,7 +275,7 @@ def _init_module(cfg: DictConfig, r: DictConfig, tracker: Tracker, train_targets
                              target_mean=float(mean), target_std=float(std),
                              head_lr=float(r.head_lr) if r.get("head_lr") else None,
                              hi=float(r.grading.synonym), lo=float(r.grading.deletion), instruction=_instruction(cfg),
-                             pooling=pooling)
+                             pooling=pooling, resolve_letter=resolve)
     if init and Path(init).is_dir():
         module.load_head(init)
     elif init:  # a Lightning checkpoint of a previous reward run (same model and head settings)
@@ -315,11 +317,11 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
     lineage = _parent_lineage(str(r.init)) if r.get("init") else {"parent": None, "generation": 0}
     lineage.update(run_id=tracker.run_id, train_data=str(data_path))
     tracker.set_tags({f"rm.{k}": str(v) for k, v in lineage.items() if v is not None})
-    instruction = module.instruction
+    instruction, resolve = module.instruction, module.resolve_letter
     collate = RewardCollator(module.processor)
 
     def to_item(row: Mapping[str, Any]) -> dict[str, Any]:
-        return _training_item(row, instruction)
+        return _training_item(row, instruction, resolve)
 
     bs = int(r.batch_size)
     train_dl = DataLoader(ItemDataset(train_rows, to_item), batch_size=bs, shuffle=True, collate_fn=collate,
