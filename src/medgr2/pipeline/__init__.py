@@ -44,6 +44,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if name not in stages:
         raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(sorted(stages))}")
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.get("cpu_threads"):
+        # On a shared CPU box, torch's default (one thread per core in every process) oversubscribes the
+        # cores: measured 5-20x slower steps with several jobs running; 1 thread per job avoids it.
+        import torch
+
+        torch.set_num_threads(int(cfg.cpu_threads))
     tracker = make_tracker(cfg, name)
     try:
         metrics = stages[name](cfg, tracker)
