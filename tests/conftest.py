@@ -63,6 +63,18 @@ def make_cfg(tmp_path, shared_cache):
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread per test process: the tiny model's ops are microseconds, and on a shared 2-core
+    machine two OpenMP threads per process spin against other load (measured ~10x slower steps)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     # Belt and braces: nothing in the suite may reach a hub.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -23,16 +23,6 @@ from medgr2.pipeline import run
 SMALL = {"max_new_tokens": 8, "num_generations": 4, "warmup_steps": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny model's ops are microseconds: on 2 shared cores OpenMP's thread hand-offs cost more than they
-    # save (measured ~10x slower GRPO steps with 2 threads under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def length_reward(records, completions) -> torch.Tensor:
     """A dense toy R_phi: shorter completions score higher (the policy can learn it within a few dozen steps)."""
     return torch.tensor([-len(c) / 64.0 for c in completions])

@@ -25,16 +25,6 @@ from medgr2.modules.reward import (
 GRADES = ("original", "deletion", "irrelevant")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine two OpenMP threads per process spin against each other's load and make
-    # these tiny matmuls ~10x slower; one thread is as fast when idle and much faster when busy.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_spec(cache) -> dict:
     return {"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(cache)}
 

@@ -65,6 +65,21 @@ def load_split(cfg: DictConfig, split: str, limit: int | None = None) -> dataset
     raise ValueError(f"unknown data.name {dcfg.name!r} (synthmed, omnimedvqa)")
 
 
+def stage_rows(cfg: DictConfig, what: str = "training rows") -> datasets.Dataset:
+    """A stage's input rows: ``stage.train_data`` (a saved dataset, e.g. a selection) or the benchmark's
+    train split, cut to ``stage.train_size``."""
+    s = cfg.stage
+    if s.get("train_data"):
+        rows = datasets.load_from_disk(str(s.train_data))
+    else:
+        rows = load_split(cfg, "train", limit=s.get("train_size"))
+    if s.get("train_size") and len(rows) > int(s.train_size):
+        rows = rows.select(range(int(s.train_size)))
+    if len(rows) == 0:
+        raise ValueError(f"stage={s.name} has no {what}: check stage.train_data / stage.train_size")
+    return rows
+
+
 def load_omnimedvqa_from_config(cfg: DictConfig, split: str | None):
     from medgr2.data.omnimedvqa import load_omnimedvqa
 

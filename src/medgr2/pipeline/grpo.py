@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.grpo import GRPOPolicy
-from medgr2.pipeline.common import build_trainer, load_split, output_dir, to_dict
+from medgr2.pipeline.common import build_trainer, output_dir, stage_rows, to_dict
 from medgr2.pipeline.evaluate import evaluate_model
 from medgr2.pipeline.pretrain import _instruction, base_weights
 from medgr2.pipeline.tracking import Tracker
@@ -24,16 +24,7 @@ log = logging.getLogger(__name__)
 
 def prompt_rows(cfg: DictConfig) -> datasets.Dataset:
     """GRPO prompts: ``stage.train_data`` (a saved dataset) or the benchmark's train split, ``stage.train_size``."""
-    s = cfg.stage
-    if s.get("train_data"):
-        rows = datasets.load_from_disk(str(s.train_data))
-    else:
-        rows = load_split(cfg, "train", limit=s.get("train_size"))
-    if s.get("train_size") and len(rows) > int(s.train_size):
-        rows = rows.select(range(int(s.train_size)))
-    if len(rows) == 0:
-        raise ValueError("GRPO has no prompts: check stage.train_data / stage.train_size")
-    return rows
+    return stage_rows(cfg, "prompts")
 
 
 def _record(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import datasets
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from medgr2.data.collate import ChatCollator, vqa_item
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
-from medgr2.pipeline.common import build_trainer, load_split, output_dir, to_dict
+from medgr2.pipeline.common import build_trainer, load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.evaluate import evaluate_model
 from medgr2.pipeline.pretrain import _instruction, base_weights
 from medgr2.pipeline.tracking import Tracker
@@ -19,26 +18,12 @@ from medgr2.pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def training_rows(cfg: DictConfig) -> datasets.Dataset:
-    """SFT data: ``stage.train_data`` (a saved dataset, e.g. a selection) or the benchmark's train split."""
-    s = cfg.stage
-    if s.get("train_data"):
-        rows = datasets.load_from_disk(str(s.train_data))
-    else:
-        rows = load_split(cfg, "train", limit=s.get("train_size"))
-    if s.get("train_size") and len(rows) > int(s.train_size):
-        rows = rows.select(range(int(s.train_size)))
-    if len(rows) == 0:
-        raise ValueError("SFT has no training rows: check stage.train_data / stage.train_size")
-    return rows
-
-
 def run_sft(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     s = cfg.stage
     weights = s.get("init") or base_weights(cfg, tracker)
     instruction = _instruction(cfg)
     think = bool(s.get("think", True))
-    rows = training_rows(cfg)
+    rows = stage_rows(cfg, "training rows")
     val = load_split(cfg, "val", limit=s.get("val_size"))
     module = SFTPolicy(model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
                        warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps))
