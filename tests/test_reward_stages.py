@@ -22,16 +22,6 @@ TRAIN = ["stage.max_steps=4", "stage.val_every=2", "stage.batch_size=8", "stage.
          "stage.val_fraction=0.25", "stage.warmup_steps=0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine two OpenMP threads per process spin against each other's load and make
-    # these tiny matmuls ~10x slower; one thread is as fast when idle and much faster when busy.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _wordnet(tmp_path_factory):
     try:
@@ -66,6 +56,19 @@ def test_grade_stage_saves_four_grades_in_the_cache_and_logs_skips(make_cfg) -> 
     assert meta["n_records"] == 12 and "skipped" in meta
     # Another grading config is another cache entry.
     assert graded_dataset_path(make_cfg("stage=grade", "stage.source.size=12", "stage.grading.synonym=5")) != path
+
+    # Optional hard negatives: the reference rationale with a wrong letter, at the irrelevant grade's value,
+    # added on top of the cached four-grade set.
+    cfg_hn = make_cfg("stage=grade", "stage.source.size=12", "stage.wrong_letter_rate=0.5", "logger=none")
+    run(cfg_hn)
+    hn = datasets.load_from_disk(str(graded_dataset_path(cfg_hn)))
+    extra = hn.filter(lambda g: g == "wrong_letter", input_columns=["grade"])
+    assert len(hn) == len(ds) + len(extra) and 0 < len(extra) < 12
+    originals = {r["source_id"]: r["response"] for r in ds if r["grade"] == "original"}
+    for r in extra:
+        assert r["target"] == -6.0
+        ref = originals[r["source_id"]]
+        assert r["response"][:-10] == ref[:-10] and r["response"][-10] != ref[-10]  # only the letter differs
 
 
 def test_reward_stage_logs_correlations_to_mlflow_and_adapts_continually(make_cfg) -> None:

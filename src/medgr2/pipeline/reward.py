@@ -89,18 +89,31 @@ def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
     """
     g = g if g is not None else cfg.stage
     path = graded_dataset_path(cfg, g)
+    rate = float(g.get("wrong_letter_rate") or 0.0)
     if (path / "dataset_info.json").exists():
         log.info("reusing D_grade %s", path)
         meta = json.loads((path / GRADE_META).read_text()) if (path / GRADE_META).exists() else {}
+    elif rate > 0:
+        # The paper's four grades (cached on their own: the WordNet pass is the slow part) + hard negatives.
+        plain = OmegaConf.create(to_dict(g))
+        plain.wrong_letter_rate = 0.0
+        base, _ = build_grade_dataset(cfg, plain)
+        meta = json.loads((graded_dataset_path(cfg, plain) / GRADE_META).read_text())
+        gcfg = grade_config(g.grading)
+        originals = base.filter(lambda grade: grade == "original", input_columns=["grade"]).to_list()
+        extra = wrong_letter_rows(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
+        ds = datasets.concatenate_datasets([base, to_dataset(extra, extra_features=GRADED_FEATURES)])
+        meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], "wrong_letter": len(extra)},
+                    wrong_letter_rate=rate)
+        with atomic_dir(path) as tmp:
+            ds.save_to_disk(str(tmp))
+            atomic_write_json(tmp / GRADE_META, meta)
+        log.info("D_grade + %d wrong-letter hard negatives -> %s", len(extra), path)
     else:
         records = _source_records(cfg, g)
-        gcfg = grade_config(g.grading)
-        rows, skipped = build_graded(list(records), gcfg)
+        rows, skipped = build_graded(list(records), grade_config(g.grading))
         if not rows:
             raise ValueError(f"D_grade is empty: no usable record among {len(records)} (skipped: {dict(skipped)})")
-        rate = float(g.get("wrong_letter_rate") or 0.0)
-        if rate > 0:
-            rows += wrong_letter_rows(rows, gcfg.seed, target=gcfg.irrelevant, rate=rate)
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["grade"]] = counts.get(row["grade"], 0) + 1
