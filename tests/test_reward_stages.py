@@ -22,10 +22,10 @@ TRAIN = ["stage.max_steps=4", "stage.val_every=2", "stage.batch_size=8", "stage.
          "stage.val_fraction=0.25", "stage.warmup_steps=0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _wordnet(tmp_path_factory):
+@pytest.fixture(scope="module")
+def wordnet():
     try:
-        load_wordnet()
+        return load_wordnet()
     except WordNetNotFoundError as exc:  # the grade stage needs it; test_wordnet checks the error message
         pytest.skip(str(exc))
 
@@ -44,7 +44,7 @@ def _runs(cfg, stage: str):
     return runs[runs["tags.stage"] == stage]
 
 
-def test_grade_stage_saves_four_grades_in_the_cache_and_logs_skips(make_cfg) -> None:
+def test_grade_stage_saves_four_grades_in_the_cache_and_logs_skips(make_cfg, wordnet) -> None:
     cfg = make_cfg("stage=grade", "stage.source.size=12", "logger=none")
     metrics = run(cfg)
     path = graded_dataset_path(cfg)
@@ -71,7 +71,7 @@ def test_grade_stage_saves_four_grades_in_the_cache_and_logs_skips(make_cfg) -> 
         assert r["response"][:-10] == ref[:-10] and r["response"][-10] != ref[-10]  # only the letter differs
 
 
-def test_reward_stage_logs_correlations_to_mlflow_and_adapts_continually(make_cfg) -> None:
+def test_reward_stage_logs_correlations_to_mlflow_and_adapts_continually(make_cfg, wordnet) -> None:
     cfg = make_cfg("stage=reward", *SMALL, *TRAIN)
     metrics = run(cfg)
     for k in ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc"):
