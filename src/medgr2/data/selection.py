@@ -522,7 +522,7 @@ def save_rows(
     if isinstance(p, _DatasetPool):
         ds = p.ds if positions is None else p.ds.select(list(positions))
         with atomic_dir(out) as tmp:
-            ds.save_to_disk(str(tmp))
+            ds.save_to_disk(str(tmp), **_shards(ds))
             _write_extra(tmp, extra_json)
         return out
     assert isinstance(p, _ParquetPool)
@@ -550,12 +550,18 @@ def save_rows(
             where = {int(pos): n for n, pos in enumerate(wanted.tolist())}
             ds = ds.select([where[int(pos)] for pos in positions])
         with atomic_dir(out) as tmp:
-            ds.save_to_disk(str(tmp))
+            ds.save_to_disk(str(tmp), **_shards(ds))
             _write_extra(tmp, extra_json)
         del ds
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def _shards(ds: datasets.Dataset) -> dict[str, int]:
+    """``save_to_disk`` arguments: an empty dataset needs one explicit shard, else datasets writes no data
+    file and ``load_from_disk`` fails on it instead of giving 0 rows."""
+    return {} if len(ds) else {"num_shards": 1}
 
 
 def _write_extra(folder: Path, extra_json: Mapping[str, Any] | None) -> None:

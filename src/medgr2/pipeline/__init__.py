@@ -18,6 +18,7 @@ def _stages() -> dict[str, Callable[[DictConfig, Tracker], dict[str, float]]]:
     from medgr2.pipeline.generate import run_distill, run_generate
     from medgr2.pipeline.grpo import run_grpo
     from medgr2.pipeline.inspect_data import run_inspect
+    from medgr2.pipeline.loop import run_loop
     from medgr2.pipeline.pretrain import base_weights
     from medgr2.pipeline.reward import run_grade, run_reward, run_score
     from medgr2.pipeline.select import run_select
@@ -30,11 +31,11 @@ def _stages() -> dict[str, Callable[[DictConfig, Tracker], dict[str, float]]]:
 
     return {"pretrain": run_pretrain_stage, "sft": run_sft, "evaluate": run_evaluate, "inspect": run_inspect,
             "grade": run_grade, "reward": run_reward, "score": run_score, "grpo": run_grpo,
-            "generate": run_generate, "select": run_select, "distill": run_distill}
+            "generate": run_generate, "select": run_select, "distill": run_distill, "loop": run_loop}
 
 
 STAGE_NAMES = ("pretrain", "sft", "evaluate", "inspect", "grade", "reward", "score", "grpo", "generate", "select",
-               "distill")
+               "distill", "loop")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

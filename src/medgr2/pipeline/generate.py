@@ -90,10 +90,28 @@ def generation_sources(cfg: DictConfig) -> datasets.Dataset:
     no decode/re-encode per request, and dedupe keys match across D_gen and new pools."""
     s = cfg.stage
     n = s.get("n_sources")
-    ds = load_split(cfg, str(s.source_split), limit=int(n) if n is not None else None)
+    offset = int(s.get("source_offset") or 0)
+    where = to_dict(s.get("where")) or {}
+    if where or offset:
+        ds = filter_rows(load_split(cfg, str(s.source_split)), where)
+        end = len(ds) if n is None else min(len(ds), offset + int(n))
+        ds = ds.select(range(min(offset, end), end))
+    else:
+        ds = load_split(cfg, str(s.source_split), limit=int(n) if n is not None else None)
     if len(ds) == 0:
-        raise ValueError(f"no source records in split {s.source_split!r}")
+        raise ValueError(f"no source records in split {s.source_split!r} (source_offset={offset}, where={where})")
     return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def filter_rows(ds: datasets.Dataset, where: Mapping[str, Any] | None) -> datasets.Dataset:
+    """Rows of ``ds`` whose column values are among ``where[column]`` (a value or a list of them)."""
+    for column, allowed in (where or {}).items():
+        if column not in ds.column_names:
+            raise ValueError(f"cannot filter on {column!r}: the data has columns {ds.column_names}")
+        values = {str(v) for v in (allowed if isinstance(allowed, list | tuple) else [allowed])}
+        ds = ds.filter(lambda col, values=values: [str(v) in values for v in col], input_columns=column,
+                       batched=True)
+    return ds
 
 
 def default_candidates_dir(cfg: DictConfig, sources: datasets.Dataset, backend: Any) -> Path:
@@ -157,6 +175,11 @@ def summary_metrics(summary: Mapping[str, Any], prefix: str = "generate") -> dic
 
 def run_generate(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     """Generate (or resume generating) candidates; log the summary as metrics and a JSON artifact."""
+    return generate_candidates(cfg, tracker)[0]
+
+
+def generate_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path, Path | None]:
+    """:func:`run_generate`'s work; returns (metrics, generation folder, exported candidates or None)."""
     from medgr2.generation import get_prompt, run_generation
 
     s = cfg.stage
@@ -199,7 +222,7 @@ def run_generate(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
               f"  then:     python train.py stage=select stage.score.input={export} select=topk k=...")
     elif not summary.complete:
         print("incomplete: rerun the same command to retry the pending requests")
-    return metrics
+    return metrics, out, export
 
 
 # ============================================================================================ distill

@@ -75,6 +75,11 @@ def write_rank_audit(out: Path, trainer, module: GRPOPolicy) -> Path:
 
 def run_grpo(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     """Train GRPO on SynthMed (or ``stage.train_data``) prompts, export the policy, evaluate on the test split."""
+    return train_grpo(cfg, tracker)[0]
+
+
+def train_grpo(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
+    """GRPO with ``cfg.stage``; returns the metrics and the exported policy folder."""
     s = cfg.stage
     weights = s.get("init") or base_weights(cfg, tracker)
     rows = prompt_rows(cfg)
@@ -96,10 +101,11 @@ def run_grpo(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         trainer.fit(module, loader, ckpt_path=s.get("ckpt_path"))
     metrics: dict[str, float] = {"train_prompts": float(len(rows)), "nan_batches": float(module.nan_batches)}
     write_rank_audit(out, trainer, module)
+    policy_dir = out / "policy"
     if trainer.is_global_zero:
-        policy_dir = module.export(out / "policy")
+        module.export(policy_dir)
         tracker.set_tags({"policy_dir": str(policy_dir)})
         if s.get("evaluate", True):
             metrics.update(evaluate_model(cfg, module.model, module.processor, tracker, out))
     trainer.strategy.barrier()
-    return metrics
+    return metrics, policy_dir

@@ -477,6 +477,11 @@ def _score_input(cfg: DictConfig) -> datasets.Dataset:
 
 
 def run_score(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    return score_candidates(cfg, tracker)[0]
+
+
+def score_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
+    """Score ``stage.input`` (or the benchmark split) with R_φ; returns (metrics, scored dataset folder)."""
     from medgr2.modules.reward import RewardScorer
 
     s = cfg.stage
@@ -499,7 +504,7 @@ def run_score(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_metrics(metrics)
     tracker.set_tags({"score.output": str(output), "score.model": str(model_path)})
     print(f"scored {n} rows (mean {mean:.3f}) with {model_path} -> {output}")
-    return metrics
+    return metrics, output
 
 
 __all__ = ["GRADES", "build_grade_dataset", "ensure_reward_model", "graded_dataset_path", "reward_key",

@@ -84,6 +84,11 @@ def _existing_paths(value: Any) -> list[str]:
 
 def run_select(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     """Select from ``stage.pool`` (default: the score stage's output) into ``stage.out_dir``."""
+    return select_candidates(cfg, tracker)[0]
+
+
+def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
+    """:func:`run_select`'s work; returns (metrics, folder of the selected rows)."""
     s = cfg.stage
     settings = selection_settings(cfg)
     used = _used_by(str(settings["method"]))
@@ -142,11 +147,11 @@ def run_select(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     print(f"selected {meta['n_selected']} of {meta['n_pool']} candidates ({settings['method']}; "
           f"{meta['n_overlap']} overlapping D_gen, {meta['n_duplicates']} duplicates, "
           f"{meta['n_unscored']} unscored dropped) -> {out}")
-    return metrics
+    return metrics, out
 
 
 def _used_by(method: str) -> str | None:
     return {"topk": "k", "randk": "k", "threshold": "tau"}.get(method)
 
 
-__all__ = ["default_pool", "run_select", "selection_settings"]
+__all__ = ["default_pool", "run_select", "select_candidates", "selection_settings"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def run_sft(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    return train_sft(cfg, tracker)[0]
+
+
+def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
+    """SFT with ``cfg.stage``; returns the metrics (test metrics when ``stage.evaluate``) and the policy folder."""
     s = cfg.stage
     weights = s.get("init") or base_weights(cfg, tracker)
     instruction = _instruction(cfg)
@@ -41,10 +47,11 @@ def run_sft(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     log.info("SFT on %d rows (think=%s) for %d steps from %s", len(rows), think, s.max_steps, weights or "scratch")
     trainer.fit(module, train_dl, val_dl, ckpt_path=s.get("ckpt_path"))
     metrics: dict[str, float] = {"train_rows": float(len(rows))}
+    policy_dir = out / "policy"
     if trainer.is_global_zero:
-        policy_dir = module.export(out / "policy")
+        module.export(policy_dir)
         tracker.set_tags({"policy_dir": str(policy_dir)})
         if s.get("evaluate", True):
             metrics.update(evaluate_model(cfg, module.model, module.processor, tracker, out))
     trainer.strategy.barrier()
-    return metrics
+    return metrics, policy_dir

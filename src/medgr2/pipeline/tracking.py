@@ -88,8 +88,9 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
-    def child(self, name: str) -> Tracker:
-        """A nested run for work done on the way (e.g. building the pretrained base inside ``stage=sft``)."""
+    def child(self, name: str, tags: Mapping[str, str] | None = None) -> Tracker:
+        """A nested run for work done on the way (e.g. building the pretrained base inside ``stage=sft``,
+        or one iteration of ``stage=loop``); ``tags`` override the parent's (``stage`` defaults to ``name``)."""
         return Tracker()
 
 
@@ -153,9 +154,10 @@ class MLflowTracker(Tracker):
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
-    def child(self, name: str) -> Tracker:
+    def child(self, name: str, tags: Mapping[str, str] | None = None) -> Tracker:
         return MLflowTracker(self.tracking_uri, self.experiment_name, self._artifact_location, name,
-                             {**self._tags, "stage": name}, self._params, parent_run_id=self.run_id)
+                             {**self._tags, "stage": name, **{k: str(v) for k, v in (tags or {}).items()}},
+                             self._params, parent_run_id=self.run_id)
 
 
 def make_tracker(cfg: DictConfig, stage: str) -> Tracker:

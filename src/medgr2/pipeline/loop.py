@@ -1,0 +1,498 @@
+"""``stage=loop``: MedGR2's closed loop (paper Algorithm 1), the default of ``python train.py``.
+
+For ``t`` in ``range(stage.iterations)``: generate candidates from new source images (G_θ) → score them with
+R_φ^t → select (the ``select`` group: τ, TopK, RandK or all; overlap with D_gen removed unless
+``allow_overlap``) → D_gen ← D_gen ∪ D_high → SFT (from the previous policy) → GRPO with R_φ^t → grade the
+policy's own answers and adapt R_φ^{t+1} from R_φ^t → optionally distil the generator.
+
+Every step runs the single stage's own code (``stage=generate|score|select|sft|grpo|reward``) on a config
+derived from ``stage.<step>``, so a step of the loop and the stage run alone are the same thing. Upstream
+products stay in the shared cache under keys of what made them (the pool, its scores, R_φ^0, a selection),
+so the jobs of a sweep reuse them. The loop's own work lives in :func:`loop_dir`; a state file there records
+each finished step with its outputs and metrics, and a rerun of the same command skips those steps and
+resumes SFT/GRPO from their last checkpoint. MLflow: the job's run (tags ``policy``, ``select_method``,
+``k``, ``source``, ``grpo``; final ``test/*`` metrics and ``predictions.jsonl``), one nested run per
+iteration, and one nested run per executed step below it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from medgr2.data.schema import FEATURES, FIELDS, canonical_modality, canonical_question_type, to_dataset
+from medgr2.pipeline.common import fingerprint, load_split, to_dict
+from medgr2.pipeline.tracking import Tracker
+from medgr2.utils.io import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "loop_state.json"
+# Keys that change where or how loudly a run works, not what it computes: out of the loop's identity.
+OPERATIONAL_KEYS = ("paths", "logger", "print_config", "cpu_threads", "callbacks")
+OPERATIONAL_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "ckpt_every")
+# Summary columns of the results table: (header, metric key in the iteration's metrics).
+SUMMARY_COLUMNS = (
+    ("kept", "generate/kept"),
+    ("selected", "select/n_selected"),
+    ("D_gen", "train_rows"),
+    ("SFT acc", "sft/test/acc"),
+    ("final acc", "test/acc"),
+    ("R_φ spearman", "adapt/rm/spearman"),
+)
+
+
+# ============================================================================================ identity
+
+
+def loop_key(cfg: DictConfig) -> str:
+    """Identity of a loop: the resolved config minus operational keys (paths, logging, progress bars)."""
+    parts = {}
+    for key in cfg:
+        if key in OPERATIONAL_KEYS:
+            continue
+        value = to_dict(cfg[key])
+        if key == "trainer" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in OPERATIONAL_TRAINER_KEYS}
+        if key == "stage" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "dir"}
+        parts[str(key)] = value
+    return fingerprint("loop-v1", parts)
+
+
+def loop_dir(cfg: DictConfig) -> Path:
+    """Where the loop keeps its state and per-iteration artifacts (stable for a given config, so reruns resume)."""
+    if cfg.stage.get("dir"):
+        return Path(cfg.stage.dir).resolve()
+    name = str(cfg.get("experiment_name") or "default")
+    return Path(cfg.paths.root).resolve() / "outputs" / "loops" / f"{name}-{loop_key(cfg)}"
+
+
+def source_filter(cfg: DictConfig) -> dict[str, list[str]]:
+    """``source=`` / ``source_axis=`` as a row filter (cross-modality / cross-task training), validated."""
+    source = cfg.get("source")
+    if source in (None, ""):
+        return {}
+    axis = str(cfg.get("source_axis") or "modality")
+    values = [str(v) for v in (to_dict(source) if OmegaConf.is_list(source) else [source])]
+    if axis == "modality":
+        return {"modality": [canonical_modality(v) for v in values]}
+    if axis == "question_type":
+        return {"question_type": [canonical_question_type(v) for v in values]}
+    raise ValueError(f"source_axis={axis!r}: choose modality or question_type")
+
+
+# ============================================================================================ state
+
+
+class LoopState:
+    """Finished steps of one loop (``<loop_dir>/loop_state.json``), rewritten atomically after each step."""
+
+    def __init__(self, folder: Path, key: str):
+        import json
+
+        self.folder, self.key = folder, key
+        self.path = folder / STATE_FILE
+        data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if data and data.get("key") != key:
+            raise ValueError(f"{folder} holds a loop with another config (key {data.get('key')} != {key}): "
+                             "set stage.dir to a new folder or remove the old one")
+        self.steps: dict[str, dict[str, Any]] = dict(data.get("steps", {}))
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.steps.get(name)
+
+    def record(self, name: str, outputs: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        self.steps[name] = {"outputs": dict(outputs), "metrics": {k: float(v) for k, v in metrics.items()}}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, {"key": self.key, "steps": self.steps})
+
+
+# ============================================================================================ helpers
+
+
+def sub_config(cfg: DictConfig, stage: str | Mapping[str, Any], out: Path, **overrides: Any) -> DictConfig:
+    """A copy of ``cfg`` whose ``stage`` is ``cfg.stage.<stage>`` (resolved) or the given mapping, with
+    ``overrides``, writing into ``out``: how each step runs the single stage's code."""
+    node = dict(to_dict(cfg.stage[stage])) if isinstance(stage, str) else dict(stage)
+    node.update(overrides)
+    sub = copy.deepcopy(cfg)
+    with open_dict(sub):
+        sub.stage = OmegaConf.create(node)
+        sub.paths.output_dir = str(out)
+    return sub
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """``<out>/checkpoints/last.ckpt`` when an interrupted training left one (resume point), else None."""
+    ckpt = out / "checkpoints" / "last.ckpt"
+    return str(ckpt) if ckpt.exists() else None
+
+
+def as_vqa(ds: datasets.Dataset) -> datasets.Dataset:
+    """Only the canonical VQA columns, with the canonical features (candidates carry extra columns and
+    undecoded images)."""
+    return ds.select_columns(list(FIELDS)).cast(FEATURES)
+
+
+def union_dataset(parts: Sequence[str | Path], out: Path) -> datasets.Dataset:
+    """D_gen: the VQA rows of every part, concatenated and saved atomically to ``out``."""
+    sets = [as_vqa(datasets.load_from_disk(str(p))) for p in parts]
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        raise ValueError(f"D_gen is empty: nothing selected from {list(map(str, parts))} and no D_seed "
+                         "(lower tau, raise k, or set stage.seed_size)")
+    ds = datasets.concatenate_datasets(sets)
+    with atomic_dir(out) as tmp:
+        ds.save_to_disk(str(tmp))
+    return datasets.load_from_disk(str(out))
+
+
+def policy_graded_rows(rows: Sequence[Mapping[str, Any]], preds: Sequence[Mapping[str, Any]],
+                       grading: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """D_pref (Algorithm 1 line 12): the policy's completions as graded rows, graded by their answer against
+    the reference: correct letter -> ``grading.synonym`` (a valid answer that is not the reference text),
+    wrong letter -> ``grading.irrelevant`` (a fluent hallucination), no answer -> ``grading.deletion``."""
+    out = []
+    for rec, pred in zip(rows, preds, strict=True):
+        if pred["pred"] is None:
+            grade, target = "policy_unanswered", float(grading["deletion"])
+        elif pred["pred"] == rec["answer"]:
+            grade, target = "policy_correct", float(grading["synonym"])
+        else:
+            grade, target = "policy_wrong", float(grading["irrelevant"])
+        row = {k: rec[k] for k in FIELDS}
+        row.update(id=f"{rec['id']}#{grade}", response=pred["completion"].strip() or "<answer></answer>",
+                   target=target, grade=grade, source_id=str(rec["id"]))
+        out.append(row)
+    return out
+
+
+def seed_records(cfg: DictConfig, n: int, where: Mapping[str, Any]) -> datasets.Dataset:
+    """D_seed: the last ``n`` records of the train split (after the source filter)."""
+    from medgr2.pipeline.generate import filter_rows
+
+    train = filter_rows(load_split(cfg, "train"), where)
+    return train.select(range(max(0, len(train) - n), len(train)))
+
+
+def check_budget(cfg: DictConfig, where: Mapping[str, Any]) -> None:
+    """Generation sources of all iterations and D_seed must fit in the train split without overlapping."""
+    from medgr2.pipeline.generate import filter_rows
+
+    s = cfg.stage
+    n_train = len(filter_rows(load_split(cfg, "train"), where))
+    need = int(s.iterations) * int(s.generate.n_sources) + int(s.seed_size)
+    if need > n_train:
+        raise ValueError(
+            f"stage=loop needs {s.iterations} x {s.generate.n_sources} source images + {s.seed_size} seed records "
+            f"= {need}, but the train split{' (filtered by ' + str(where) + ')' if where else ''} has {n_train}: "
+            "lower stage.generate.n_sources / stage.seed_size / stage.iterations (or raise data.n_train)")
+
+
+def results_table(rows: Sequence[Mapping[str, float]], baselines: Mapping[str, float]) -> str:
+    """Plain-text table: one line per iteration (counts, SFT and final accuracy, R_φ after adaptation)."""
+
+    def fmt(key: str, v: float | None) -> str:
+        if v is None:
+            return "-"
+        return f"{100 * v:.1f}" if "acc" in key else (f"{v:.3f}" if "spearman" in key else f"{int(v)}")
+
+    head = ["iter"] + [h for h, _ in SUMMARY_COLUMNS]
+    body = [[str(t)] + [fmt(k, r.get(k)) for _, k in SUMMARY_COLUMNS] for t, r in enumerate(rows)]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(x.rjust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body]]
+    base = ", ".join(f"{k} {100 * v:.1f}" for k, v in baselines.items())
+    return "\n".join([*lines, f"test baselines: {base}"])
+
+
+# ============================================================================================ the loop
+
+
+class Loop:
+    """One run of Algorithm 1 over ``cfg`` (see the module docstring)."""
+
+    def __init__(self, cfg: DictConfig, tracker: Tracker):
+        self.cfg, self.tracker, self.s = cfg, tracker, cfg.stage
+        self.where = source_filter(cfg)
+        self.dir = loop_dir(cfg)
+        self.state = LoopState(self.dir, loop_key(cfg))
+
+    # ---------------------------------------------------------------- step bookkeeping
+    def step(self, name: str, itr: Tracker, fn: Callable[[Tracker], tuple[Mapping[str, float], dict[str, Any]]],
+             tags: Mapping[str, str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+        """Run ``fn`` in a nested MLflow run unless the state says ``name`` is done; log its metrics to the
+        iteration run under ``<step>/`` either way."""
+        done = self.state.get(name)
+        if done is not None:
+            log.info("loop: %s already done, skipping", name)
+            metrics, outputs = done["metrics"], done["outputs"]
+        else:
+            short = name.split("/", 1)[1]
+            child = itr.child(short, tags)
+            try:
+                metrics, outputs = fn(child)
+            except BaseException:
+                child.finish("FAILED")
+                raise
+            child.finish("FINISHED")
+            metrics = {k: float(v) for k, v in metrics.items()}
+            self.state.record(name, outputs, metrics)
+        short = name.split("/", 1)[1]
+        itr.log_metrics({f"{short}/{k}": v for k, v in metrics.items()})
+        return dict(metrics), dict(outputs)
+
+    # ---------------------------------------------------------------- R_φ^0 and D_seed
+    def initial_reward_model(self) -> str:
+        from medgr2.pipeline.reward import ensure_reward_model
+
+        def run(tr: Tracker):
+            sub = sub_config(self.cfg, "reward", self.dir / "reward0")
+            return {}, {"reward_model": str(ensure_reward_model(sub, tr))}
+
+        return self.step("setup/reward0", self.tracker, run)[1]["reward_model"]
+
+    def seed_set(self) -> str | None:
+        n = int(self.s.seed_size)
+        if n <= 0:
+            return None
+
+        def run(tr: Tracker):
+            out = self.dir / "seed"
+            ds = seed_records(self.cfg, n, self.where)
+            with atomic_dir(out) as tmp:
+                as_vqa(ds).save_to_disk(str(tmp))
+            return {"seed_rows": float(len(ds))}, {"seed": str(out)}
+
+        return self.step("setup/seed", self.tracker, run)[1]["seed"]
+
+    # ---------------------------------------------------------------- one iteration
+    def iteration(self, t: int, rm_path: str, d_gen: list[str], policy: str | None,
+                  gen_weights: str | None) -> dict[str, Any]:
+        from medgr2.pipeline.generate import generate_candidates
+        from medgr2.pipeline.grpo import train_grpo
+        from medgr2.pipeline.reward import score_candidates
+        from medgr2.pipeline.select import select_candidates
+        from medgr2.pipeline.sft import train_sft
+
+        cfg, s, it_dir = self.cfg, self.s, self.dir / f"iter{t}"
+        itr = self.tracker.child(f"iter{t}", {"stage": "loop_iteration", "iteration": str(t)})
+        summary: dict[str, float] = {}
+        try:
+            def generate(tr: Tracker):
+                sub = sub_config(cfg, "generate", it_dir / "generate", iteration=t, where=self.where or None,
+                                 source_offset=t * int(s.generate.n_sources))
+                if gen_weights:
+                    with open_dict(sub):
+                        sub.generator.weights = gen_weights
+                m, out, export = generate_candidates(sub, tr)
+                if export is None:
+                    raise RuntimeError(f"iteration {t}: generation in {out} is incomplete (pending requests): "
+                                       "rerun the same command to retry them")
+                return m, {"candidates": str(export), "generation": str(out)}
+
+            m, o = self.step(f"iter{t}/generate", itr, generate)
+            summary.update({k: v for k, v in m.items() if k == "generate/kept"})
+
+            def score(tr: Tracker):
+                sub = sub_config(cfg, "score", it_dir / "score", input=o["candidates"], model=rm_path)
+                m, out = score_candidates(sub, tr)
+                return m, {"scored": str(out)}
+
+            scored = self.step(f"iter{t}/score", itr, score)[1]["scored"]
+
+            def select(tr: Tracker):
+                node = {"name": "select", "pool": scored, "existing": list(d_gen), "out_dir": None,
+                        "batch_size": 8192}
+                m, out = select_candidates(sub_config(cfg, node, it_dir / "select"), tr)
+                return m, {"selected": str(out)}
+
+            m, o = self.step(f"iter{t}/select", itr, select)
+            summary.update({k: v for k, v in m.items() if k == "select/n_selected"})
+            d_gen = [*d_gen, o["selected"]]
+
+            def union(tr: Tracker):
+                ds = union_dataset(d_gen, it_dir / "train_data")
+                return {"train_rows": float(len(ds))}, {"train_data": str(it_dir / "train_data")}
+
+            m, o = self.step(f"iter{t}/union", itr, union)
+            train_data = o["train_data"]
+            summary.update(m)
+
+            grpo_on = bool(s.grpo_enabled)
+
+            def sft(tr: Tracker):
+                out = it_dir / "sft"
+                sub = sub_config(cfg, "sft", out, train_data=train_data, init=policy, ckpt_path=last_checkpoint(out),
+                                 evaluate=bool(s.eval_after_sft) or not grpo_on)
+                m, pdir = train_sft(sub, tr)
+                return m, {"policy": str(pdir), "predictions": str(out / "predictions.jsonl")}
+
+            m, o = self.step(f"iter{t}/sft", itr, sft)
+            policy, predictions = o["policy"], o["predictions"]
+            summary.update({f"sft/{k}": v for k, v in m.items() if k.startswith("test/")})
+            final = {k: v for k, v in m.items() if k.startswith("test/")}
+
+            if grpo_on:
+                def grpo(tr: Tracker):
+                    out = it_dir / "grpo"
+                    sub = sub_config(cfg, "grpo", out, train_data=train_data, init=policy, reward_model=rm_path,
+                                     ckpt_path=last_checkpoint(out), evaluate=True)
+                    m, pdir = train_grpo(sub, tr)
+                    return m, {"policy": str(pdir), "predictions": str(out / "predictions.jsonl")}
+
+                m, o = self.step(f"iter{t}/grpo", itr, grpo)
+                policy, predictions = o["policy"], o["predictions"]
+                final = {k: v for k, v in m.items() if k.startswith("test/")}
+            summary.update(final)
+
+            if bool(s.adapt_reward) and t + 1 < int(s.iterations):
+                def adapt(tr: Tracker):
+                    m, new_rm = self.adapt_reward(t, tr, policy, rm_path, it_dir / "adapt")
+                    return m, {"reward_model": str(new_rm)}
+
+                m, o = self.step(f"iter{t}/adapt", itr, adapt)
+                rm_path = o["reward_model"]
+                summary.update({f"adapt/{k}": v for k, v in m.items()})
+
+            if bool(s.distill):
+                def distill(tr: Tracker):
+                    from medgr2.pipeline.generate import DISTILL_DEFAULTS, distill_generator
+
+                    node = {"name": "distill", **DISTILL_DEFAULTS, **to_dict(s.get("distill_settings") or {}),
+                            "out_dir": str(it_dir / "generator")}
+                    sub = sub_config(cfg, node, it_dir / "distill")
+                    out = distill_generator(sub, tr, datasets.load_from_disk(d_gen[-1]))
+                    return {}, {"generator": str(out)}
+
+                o = self.step(f"iter{t}/distill", itr, distill)[1]
+                if cfg.generator.get("name") == "hf":
+                    gen_weights = o["generator"]
+                else:
+                    log.warning("stage.distill: the %s generator cannot load distilled weights; the export %s is "
+                                "kept (use generator=hf to generate with it)", cfg.generator.name, o["generator"])
+        except BaseException:
+            itr.finish("FAILED")
+            raise
+        itr.finish("FINISHED")
+        return {"summary": summary, "final": final, "policy": policy, "predictions": predictions, "rm": rm_path,
+                "d_gen": d_gen, "gen_weights": gen_weights}
+
+    # ---------------------------------------------------------------- R_φ^{t+1}
+    def adapt_reward(self, t: int, tracker: Tracker, policy: str, rm_path: str, out: Path) -> tuple[dict, Path]:
+        """Grade the policy's answers on this iteration's source images (D_pref) and retrain R_φ from its
+        previous export on D_pref plus a replay of D_grade."""
+        from medgr2.data.grading import GRADED_FEATURES
+        from medgr2.evaluation.evaluate import predict
+        from medgr2.models.factory import load_vlm
+        from medgr2.pipeline.generate import generation_sources
+        from medgr2.pipeline.pretrain import _instruction
+        from medgr2.pipeline.reward import build_grade_dataset, train_reward
+
+        cfg, s, a = self.cfg, self.s, self.s.adapt
+        gen_sub = sub_config(cfg, "generate", out, where=self.where or None,
+                             source_offset=t * int(s.generate.n_sources))
+        sources = generation_sources(gen_sub).cast_column("image", datasets.Image())
+        prompts = sources.shuffle(seed=int(cfg.seed) + t).select(range(min(int(a.samples), len(sources))))
+        model, processor = load_vlm(to_dict(cfg.model), weights=policy, lora=False)
+        preds = predict(model, processor, prompts, instruction=_instruction(cfg),
+                        batch_size=int(cfg.evaluate.batch_size), max_new_tokens=int(cfg.evaluate.max_new_tokens),
+                        progress=False)
+        del model
+        grading = to_dict(s.reward.grading)
+        pref = to_dataset(policy_graded_rows(prompts, preds, grading), extra_features=GRADED_FEATURES)
+        r_sub = sub_config(cfg, "reward", out)
+        d_grade, _ = build_grade_dataset(r_sub, r_sub.stage, tracker)
+        replay = d_grade.shuffle(seed=int(cfg.seed) + t).select(range(min(int(a.replay), len(d_grade))))
+        mixed = datasets.concatenate_datasets([pref, replay.select_columns(pref.column_names).cast(pref.features)])
+        pref_dir = out / "d_pref"
+        with atomic_dir(pref_dir) as tmp:
+            mixed.save_to_disk(str(tmp))
+        r = sub_config(cfg, "reward", out, init=rm_path, train_data=str(pref_dir), max_steps=int(a.max_steps),
+                       lr=float(a.lr), head_lr=float(a.lr), batch_size=int(a.batch_size), warmup_steps=0,
+                       ckpt_path=None)
+        metrics, _ = train_reward(r, r.stage, tracker, out)
+        n = len(preds)
+        metrics.update({"pref/rows": float(n), "pref/policy_acc": sum(p["pred"] == q["answer"] for p, q in
+                                                                     zip(preds, prompts, strict=True)) / max(n, 1)})
+        return metrics, out / "reward_model"
+
+    # ---------------------------------------------------------------- all of it
+    def run(self) -> dict[str, float]:
+        cfg, s = self.cfg, self.s
+        check_budget(cfg, self.where)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.dir / "config.json", _public_config(cfg))
+        from medgr2.pipeline.select import selection_settings
+
+        sel = selection_settings(cfg)
+        tags = {"policy": policy_label(cfg, sel), "select_method": str(sel["method"]),
+                "grpo": str(bool(s.grpo_enabled)).lower(), "iterations": str(int(s.iterations)),
+                "loop_dir": str(self.dir)}
+        if sel.get("k") is not None and sel["method"] in ("topk", "randk"):
+            tags["k"] = str(int(sel["k"]))
+        if sel["method"] == "threshold":
+            tags["tau"] = str(sel["tau"])
+        if self.where:
+            tags.update(source=",".join(next(iter(self.where.values()))), source_axis=next(iter(self.where)))
+        self.tracker.set_tags(tags)
+        print(f"MedGR2 loop: {s.iterations} iteration(s) in {self.dir}")
+
+        rm_path = self.initial_reward_model()
+        seed = self.seed_set()
+        d_gen: list[str] = [seed] if seed else []
+        policy: str | None = None
+        gen_weights = cfg.generator.get("weights") if cfg.generator.get("name") == "hf" else None
+        rows, final, predictions = [], {}, None
+        for t in range(int(s.iterations)):
+            res = self.iteration(t, rm_path, d_gen, policy, gen_weights)
+            rm_path, d_gen, policy, gen_weights = res["rm"], res["d_gen"], res["policy"], res["gen_weights"]
+            final, predictions = res["final"], res["predictions"]
+            rows.append(res["summary"])
+            self.tracker.log_metrics({f"loop/{k}": v for k, v in res["summary"].items()}, step=t)
+        metrics = dict(final)
+        metrics.update({k: v for k, v in rows[-1].items() if k.startswith("sft/test/")})
+        self.tracker.log_metrics(metrics)
+        if predictions and Path(predictions).exists():
+            self.tracker.log_artifact(predictions)
+        self.tracker.set_tags({"policy_dir": str(policy), "reward_model": str(rm_path)})
+        baselines = {k.split("/")[1]: v for k, v in final.items() if k in ("test/chance", "test/majority")}
+        print(results_table(rows, baselines))
+        print(f"final policy: {policy}\nR_φ: {rm_path}")
+        return metrics
+
+
+def policy_label(cfg: DictConfig, sel: Mapping[str, Any]) -> str:
+    """A readable row label: experiment, selection, GRPO, source."""
+    method = str(sel["method"])
+    what = {"topk": f"TopK k={sel.get('k')}", "randk": f"RandK k={sel.get('k')}",
+            "threshold": f"tau>{sel.get('tau')}", "all": "all"}.get(method, method)
+    label = f"{cfg.get('experiment_name') or 'default'}: {what}"
+    if cfg.stage.grpo_enabled:
+        label += " +GRPO"
+    if cfg.get("source"):
+        label += f" [{cfg.get('source_axis') or 'modality'}={cfg.source}]"
+    if int(cfg.stage.iterations) > 1:
+        label += f" T={int(cfg.stage.iterations)}"
+    return label
+
+
+def _public_config(cfg: DictConfig) -> dict[str, Any]:
+    from medgr2.pipeline.tracking import redact
+
+    return redact({str(k): to_dict(cfg[k]) for k in cfg if k != "paths"})
+
+
+def run_loop(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """``stage=loop``: Algorithm 1 (see the module docstring)."""
+    return Loop(cfg, tracker).run()
+
+
+__all__ = ["Loop", "LoopState", "loop_dir", "loop_key", "policy_graded_rows", "results_table", "run_loop",
+           "source_filter", "sub_config", "union_dataset"]
