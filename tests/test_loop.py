@@ -178,6 +178,19 @@ def test_multirun_of_two_k_values_writes_two_mlflow_runs_sharing_one_scored_pool
     assert len(list((cache / "candidates").glob("cand-*"))) == 1
     assert len(list((cache / "selected").glob("sel-*"))) == 2
 
+    # The report rebuilds Figure 2 and Table 1 from these real runs: its numbers are the logged ones.
+    import pandas as pd
+
+    from medgr2.report.cli import main as report_main
+
+    out = tmp_path / "report"
+    report_main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(out), "--only", "fig2,table1"])
+    points = pd.read_csv(out / "fig2.csv")
+    logged = {int(r["tags.k"]): r["metrics.test/acc"] for _, r in top.iterrows()}
+    got = {int(r["k"]): r["acc"] for _, r in points.iterrows() if r["series"] == "TopK"}
+    assert got == pytest.approx(logged)
+    assert (out / "fig2.png").stat().st_size > 0 and "table1" in (out / "report.md").read_text().lower()
+
 
 # ---------------------------------------------------------------------------------------- pure helpers
 
