@@ -252,6 +252,12 @@ class Loop:
     def initial_reward_model(self) -> str:
         from medgr2.pipeline.reward import ensure_reward_model
 
+        if self.s.get("reward_model"):
+            given = Path(str(self.s.reward_model))
+            if not given.is_dir():
+                raise FileNotFoundError(f"stage.reward_model={given} is not an R_φ export folder (stage=reward output)")
+            return str(given)
+
         def run(tr: Tracker):
             sub = sub_config(self.cfg, "reward", self.dir / "reward0")
             return {}, {"reward_model": str(ensure_reward_model(sub, tr))}
