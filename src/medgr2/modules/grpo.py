@@ -39,6 +39,7 @@ from torch import Tensor
 
 from medgr2.data.collate import ChatCollator, model_inputs
 from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
+from medgr2.modules import sharding
 from medgr2.modules.sft import VLMModule
 from medgr2.rl.advantages import SCALE_CHOICES, group_advantages
 from medgr2.rl.answers import extract_answer, format_reward
@@ -250,6 +251,19 @@ class GRPOPolicy(VLMModule):
             self.ref_model.eval()
         return self
 
+    # ------------------------------------------------------------------ FSDP2
+    def shard(self, mesh, opts) -> None:
+        """The policy as in :class:`VLMModule`; a frozen KL reference is sharded the same way."""
+        super().shard(mesh, opts)
+        if self.ref_model is not None:
+            sharding.shard_vlm(self.ref_model, mesh, opts)
+
+    def unshard_after_fit(self) -> None:
+        super().unshard_after_fit()
+        if sharding.is_sharded(self.ref_model):
+            ref = sharding.gather_full_model(self.ref_model, self._rebuild_model, self.device)
+            self.ref_model = ref.eval().requires_grad_(False)
+
     # ------------------------------------------------------------------ helpers
     def _hf(self):
         """The underlying ``Qwen2_5_VLForConditionalGeneration`` (inside a peft wrapper if LoRA)."""
@@ -273,22 +287,26 @@ class GRPOPolicy(VLMModule):
     @torch.no_grad()
     def generate(self, prompt: Mapping[str, Tensor], prompt_pos: Tensor) -> Tensor:
         """Sample G completions per prompt. Returns (N, Tc) token ids, pad after the first EOS."""
-        hp = self.hparams
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling: rollouts come from the policy itself
+        # Sharded (FSDP2): each unit is gathered once for the whole rollout, not once per decoded token.
         try:
-            if hp.rollout == "repeat":
-                out = self.model.generate(
-                    **prompt, do_sample=True, temperature=hp.temperature, top_p=hp.top_p, top_k=0,
-                    max_new_tokens=hp.max_new_tokens, num_return_sequences=self.G, pad_token_id=self.pad_id,
-                    eos_token_id=self.eos_ids.tolist())
-                tokens = out[:, prompt["input_ids"].shape[1]:]  # (N, Tc)
-            else:
-                tokens = self._generate_expand(prompt, prompt_pos)
+            with sharding.gathered(self.model):
+                tokens = self._sample(prompt, prompt_pos)
         finally:
             self.model.train(was_training)
         mask, _ = completion_mask(tokens, self.eos_ids)
         return tokens.masked_fill(~mask, self.pad_id)
+
+    def _sample(self, prompt: Mapping[str, Tensor], prompt_pos: Tensor) -> Tensor:
+        hp = self.hparams
+        if hp.rollout == "repeat":
+            out = self.model.generate(
+                **prompt, do_sample=True, temperature=hp.temperature, top_p=hp.top_p, top_k=0,
+                max_new_tokens=hp.max_new_tokens, num_return_sequences=self.G, pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids.tolist())
+            return out[:, prompt["input_ids"].shape[1]:]  # (N, Tc)
+        return self._generate_expand(prompt, prompt_pos)
 
     def _generate_expand(self, prompt: Mapping[str, Tensor], prompt_pos: Tensor) -> Tensor:
         """Prefill each prompt once (image encoded once), expand the KV cache to G rows, decode N rows at once."""
@@ -338,7 +356,13 @@ class GRPOPolicy(VLMModule):
         Each prompt's image features are computed once and shared by its G rows (their gradients add up), and
         positions come from the prompt's cached M-RoPE index, so no per-row Python runs here. Logits are divided
         by the sampling temperature (TRL). Returns ((N, Tc) log-probs, (N, Tc) entropies or None).
+
+        Under FSDP2 the whole computation is one forward of the sharded root (:func:`sharding.root_call`): the
+        token embedding and the image features are direct submodule calls.
         """
+        return sharding.root_call(model, self._completion_logps, model, ro, with_entropy)
+
+    def _completion_logps(self, model, ro: Rollouts, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         G, p = self.G, ro.prompt
         hf = model.get_base_model() if hasattr(model, "get_base_model") else model
         Tp, Tc = p["input_ids"].shape[1], ro.completion_ids.shape[1]
@@ -358,8 +382,8 @@ class GRPOPolicy(VLMModule):
             img_mask[:, :Tp] = p["input_ids"].repeat_interleave(G, dim=0) == hf.config.image_token_id
             img_mask = img_mask.unsqueeze(-1)  # (N, T, 1)
             embeds = embeds.masked_scatter(img_mask, img)
-        out = model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False,
-                    logits_to_keep=Tc + 1)
+        out = sharding.forward_fn(model)(inputs_embeds=embeds, attention_mask=attn, position_ids=pos,
+                                         use_cache=False, logits_to_keep=Tc + 1)
         logits = out.logits[:, :-1].float() / self.hparams.temperature  # (N, Tc, V) predicts completion token t
         lse = logits.logsumexp(dim=-1)  # (N, Tc)
         logps = logits.gather(-1, ro.completion_ids.unsqueeze(-1)).squeeze(-1) - lse  # (N, Tc)

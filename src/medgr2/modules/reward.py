@@ -49,6 +49,7 @@ from medgr2.evaluation.reward_metrics import (
     per_grade_means,
     regression_metrics,
 )
+from medgr2.modules import sharding
 from medgr2.modules.optim import warmup_cosine
 from medgr2.modules.sft import VLMModule
 
@@ -188,7 +189,8 @@ class RewardRegressor(VLMModule):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         hidden = self.model.config.get_text_config().hidden_size
         self.pooling = pooling
-        self.head = RewardHead(hidden * (2 if pooling == "last_mean" else 1), int(head_hidden))
+        self._head_in = hidden * (2 if pooling == "last_mean" else 1)
+        self.head = RewardHead(self._head_in, int(head_hidden))
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))
         self.instruction = instruction
@@ -205,8 +207,9 @@ class RewardRegressor(VLMModule):
     def pooled(self, batch: Mapping[str, Any]) -> Tensor:
         """Pooled last hidden states, ``(B, H)`` or ``(B, 2H)``, in float32 for the head."""
         inputs = model_inputs(batch)
-        # Calling the decoder directly skips the LM head: its (B, T, V) logits would be wasted work.
-        hidden = self._backbone()(**inputs).last_hidden_state  # (B, T, H), after the final norm
+        # Calling the decoder directly skips the LM head: its (B, T, V) logits would be wasted work. Under FSDP2
+        # the call runs inside the root's forward hooks (root_call), which gather the embeddings and final norm.
+        hidden = sharding.root_call(self.model, self._backbone(), **inputs).last_hidden_state  # (B, T, H), normed
         labels = batch.get("labels")  # (B, T): the response tokens are the labelled ones
         response = labels != IGNORE if labels is not None else None
         return pool_hidden(hidden, inputs["attention_mask"], response, self.pooling).float()
@@ -248,6 +251,18 @@ class RewardRegressor(VLMModule):
         for k, v in metrics.items():
             if not math.isnan(v):
                 self.log(f"val/{k}", v, prog_bar=k in ("spearman", "pairwise_acc"))
+
+    def shard(self, mesh, opts) -> None:
+        """FSDP2: the backbone as in :class:`VLMModule`, the head as one more unit (its gradients must be
+        reduced across ranks too)."""
+        super().shard(mesh, opts)
+        sharding.shard_plain(self.head, mesh, opts)
+
+    def unshard_after_fit(self) -> None:
+        super().unshard_after_fit()
+        head = RewardHead(self._head_in, int(self.hparams.head_hidden))
+        head.load_state_dict(sharding.full_state_dict(self.head))
+        self.head = head.to(self.device)
 
     def configure_optimizers(self):
         hp = self.hparams

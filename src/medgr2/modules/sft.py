@@ -13,6 +13,7 @@ import torch
 
 from medgr2.data.collate import model_inputs
 from medgr2.models.factory import ModelSpec, count_parameters, load_vlm
+from medgr2.modules import sharding
 from medgr2.modules.optim import adamw_warmup_cosine
 from medgr2.rl.lm_loss import answer_nll, letter_stats
 
@@ -31,6 +32,35 @@ class VLMModule(L.LightningModule):
         self.model, self.processor = load_vlm(self.spec, weights=weights, lora=lora)
         total, trainable = count_parameters(self.model)
         self.n_params, self.n_trainable = total, trainable
+
+    # ------------------------------------------------------------------ FSDP2 (trainer=fsdp / fsdp2_cpu)
+    def configure_model(self) -> None:
+        """Shard the VLM with FSDP2 when the trainer's strategy is a ``ModelParallelStrategy``; otherwise nothing.
+
+        Lightning calls this on every rank after the process group exists and before the optimizers are built
+        (see :mod:`medgr2.modules.sharding`). Idempotent.
+        """
+        opts = sharding.sharding_options(self)
+        if opts is None or sharding.is_sharded(self.model):
+            return
+        self.shard(sharding.data_parallel_mesh(self), opts)
+
+    def shard(self, mesh, opts: sharding.ShardingOptions) -> None:
+        """Apply FSDP2 to every model this module trains or runs (subclasses add theirs)."""
+        sharding.shard_vlm(self.model, mesh, opts)
+
+    def on_fit_end(self) -> None:
+        """After a sharded fit, every rank swaps in a plain model with the gathered weights (collective), so that
+        ``export`` and the evaluation on rank 0 work as after unsharded training."""
+        if sharding.is_sharded(self.model):
+            self.unshard_after_fit()
+
+    def unshard_after_fit(self) -> None:
+        self.model = sharding.gather_full_model(self.model, self._rebuild_model, self.device)
+
+    def _rebuild_model(self) -> torch.nn.Module:
+        """A fresh unsharded model of this module's structure (weights are overwritten by the caller)."""
+        return load_vlm(self.spec, weights=self.hparams.weights, lora=self.hparams.lora)[0]
 
     def configure_optimizers(self):
         hp = self.hparams
