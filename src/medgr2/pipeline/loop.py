@@ -132,7 +132,10 @@ def sub_config(cfg: DictConfig, stage: str | Mapping[str, Any], out: Path, **ove
 def last_checkpoint(out: Path) -> str | None:
     """``<out>/checkpoints/last.ckpt`` when an interrupted training left one (resume point), else None."""
     ckpt = out / "checkpoints" / "last.ckpt"
-    return str(ckpt) if ckpt.exists() else None
+    if not ckpt.exists():
+        return None
+    log.info("loop: resuming %s from its checkpoint %s", out.name, ckpt)
+    return str(ckpt)
 
 
 def as_vqa(ds: datasets.Dataset) -> datasets.Dataset:
