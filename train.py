@@ -19,12 +19,18 @@ import medgr2  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from medgr2.pipeline import run
-    from medgr2.utils.print_config import print_config
+    from medgr2.utils.cli import check_config, clean_errors
 
-    if cfg.get("print_config", True):
-        print_config(cfg)
-    metrics = run(cfg)
+    # Our own errors (a bad value, a bad file) end as one line `error: <message>`, exit status 2;
+    # HYDRA_FULL_ERROR=1 shows the traceback. The config is checked before anything heavy is imported.
+    with clean_errors():
+        check_config(cfg)
+        from medgr2.pipeline import run
+        from medgr2.utils.print_config import print_config
+
+        if cfg.get("print_config", True):
+            print_config(cfg)
+        metrics = run(cfg)
     # Returned for Hydra sweepers that optimise a metric.
     return metrics.get("test/acc") if metrics else None
 

@@ -42,7 +42,7 @@ def to_rgb(image: Any) -> Image.Image:
         image = Image.open(io.BytesIO(image["bytes"]))
     if isinstance(image, str):
         image = Image.open(image)
-    if image.mode == "I;16" or image.mode == "I":
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # I;16B (big-endian TIFF) and float too
         import numpy as np
 
         arr = np.asarray(image, dtype=np.float32)

@@ -140,6 +140,8 @@ _MODALITY_KEYWORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 # An option marker: "A)" or "(A)" at the start or after whitespace / punctuation.
 _OPTION_MARKER = re.compile(r"(?:^|(?<=[\s,;:.?!]))\(?([A-Z])\)")
 _OPTIONS_LABEL = re.compile(r"(?:options|choices)\s*:?\s*$", re.I)
+_MARKER_LETTERS = "ABCDEFGHIJ"
+_EXTRA_OPTION = re.compile(r"option_[E-Z]")  # raw items have option_A..option_D
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.I | re.S)
 
 
@@ -238,13 +240,30 @@ class _ImageChecker:
             return "unreadable_image", f"image file is empty (0 bytes): {path}"
         try:
             with Image.open(path) as im:
+                fmt = im.format
                 if self.verify:
                     # verify() walks the file's structure without decoding pixels: cheap, and catches
                     # truncated or corrupt files that would only fail later inside a training step.
                     im.verify()
+            if self.verify and fmt == "JPEG" and not _ends_with_jpeg_eoi(path):
+                # PIL's verify() checks nothing for JPEG: a truncated file passes it and fails later, in a
+                # training step. Files not ending in the end-of-image marker are decoded (at 1/8 scale).
+                with Image.open(path) as im:
+                    im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+        except Image.DecompressionBombError as e:
+            return "unreadable_image", f"image too large (decompression bomb guard): {path}: {e}"
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             return "unreadable_image", f"image cannot be read by PIL: {path}: {type(e).__name__}: {e}"
         return None
+
+
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    """True when the file ends with JPEG's end-of-image marker (trailing NUL padding allowed)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        tail = f.read().rstrip(b"\x00")
+    return tail.endswith(b"\xff\xd9")
 
 
 def detect_layout(root: str | Path) -> str:
@@ -328,8 +347,9 @@ def load_omnimedvqa(
 
     Skip reasons: ``missing_field``, ``malformed_record``, ``malformed_json`` (once per file),
     ``unknown_modality``, ``unknown_question_type``, ``answer_not_in_options``, ``duplicate_id`` (the
-    first accepted record with an id wins), ``missing_image``, ``unreadable_image``, Med-R1 only
-    ``unparseable_options`` / ``unparseable_answer``, plus any :class:`RecordError` reason raised by
+    first accepted record with an id wins), ``missing_image``, ``unreadable_image`` (also truncated
+    JPEGs and images past PIL's decompression-bomb limit), ``bad_option_count`` (more than 4 options),
+    Med-R1 only ``unparseable_options`` / ``unparseable_answer``, plus any :class:`RecordError` reason raised by
     :func:`~medgr2.data.schema.validate_record`.
 
     Raises:
@@ -457,6 +477,12 @@ def _raw_item(item: dict[str, Any], path: Path, rel: str, index: int) -> _Candid
         missing.append("modality_type")
     if missing:
         raise RecordError("missing_field", f"{where}: missing required key(s) {missing}")
+    extra = sorted(k for k in item if _EXTRA_OPTION.fullmatch(str(k)) and _text(item[k]))
+    if extra:  # a fifth option would otherwise be dropped without a word
+        raise RecordError(
+            "bad_option_count",
+            f"{where}: more than {len(LETTERS)} options (extra keys {extra}); the schema allows {len(LETTERS)}",
+        )
     # The file is named after its data set; fall back to it when an item omits "dataset".
     dataset = _text(item.get("dataset")) or path.stem
     rid = f"{dataset}/{_text(qid)}"
@@ -519,9 +545,10 @@ def parse_problem(problem: str) -> tuple[str, list[str]]:
             continue
         chain = [marks[k]]
         for m in marks[k + 1 :]:
-            if len(chain) == len(LETTERS):
+            # Past D too: a fifth option must be seen (and the item skipped), not glued onto option D.
+            if len(chain) == len(_MARKER_LETTERS):
                 break
-            if m[2] == LETTERS[len(chain)]:
+            if m[2] == _MARKER_LETTERS[len(chain)]:
                 chain.append(m)
         if len(chain) >= 2:
             best = chain  # later chains win: the options come after the question
@@ -644,6 +671,12 @@ def _medr1_candidates(root: Path, axis: str, result: LoadResult) -> Iterator[_Ca
                 result.skip(
                     "unparseable_options",
                     f"{where}: no A)/B)... options found in problem {item['problem']!r}",
+                )
+                continue
+            if len(options) > len(LETTERS):
+                result.skip(
+                    "bad_option_count",
+                    f"{where}: {len(options)} options {options}; the schema allows {len(LETTERS)}",
                 )
                 continue
             answer = parse_solution(item["solution"])

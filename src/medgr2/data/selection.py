@@ -229,7 +229,11 @@ class _Entry:
         return self.rank > other.rank
 
 
-def _check_settings(method: str, k: Any, tau: Any, n_pool: int, allow_fewer: bool) -> None:
+def check_settings(method: str, k: Any, tau: Any, n_pool: int | None = None, allow_fewer: bool = False) -> None:
+    """Raise :class:`SelectionError` naming the setting when ``k`` / ``tau`` cannot work for ``method``
+    (``n_pool``: the pool's size when known, for the ``k`` larger than the pool check)."""
+    if method not in METHODS:
+        raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     if method in ("topk", "randk"):
         if k is None:
             raise SelectionError(f"select={method} needs k (e.g. k=2000)")
@@ -237,10 +241,10 @@ def _check_settings(method: str, k: Any, tau: Any, n_pool: int, allow_fewer: boo
             raise SelectionError(f"k must be a positive integer, got {k!r}")
         if k <= 0:
             raise SelectionError(f"k must be a positive integer, got k={k}")
-        if k > n_pool and not allow_fewer:
+        if n_pool is not None and k > n_pool and not allow_fewer:
             raise SelectionError(
                 f"k={k} is larger than the pool ({n_pool} candidates): lower k, generate more candidates, "
-                f"or pass allow_fewer=true to select all {n_pool}"
+                f"or pass select.allow_fewer=true to select all {n_pool}"
             )
     if method == "threshold":
         if tau is None:
@@ -306,7 +310,7 @@ def select(
     has_score = "score" in p.column_names
     if method in ("topk", "threshold") and not has_score:
         raise SelectionError(f"select={method} ranks by reward, but the pool has no 'score' column: {SCORE_HINT}")
-    _check_settings(method, k, tau, p.num_rows, allow_fewer)
+    check_settings(method, k, tau, p.num_rows, allow_fewer)
     if exclude_keys and allow_overlap:
         raise SelectionError("exclude_keys (dedupe against D_gen) needs allow_overlap=False")
     dedupe = not allow_overlap
@@ -326,7 +330,7 @@ def select(
             raise SelectionError(
                 f"k={k} but only {len(result.ids)} of the {p.num_rows} candidates are selectable "
                 f"({result.n_overlap} overlap D_gen, {result.n_duplicates} duplicates, {result.n_unscored} "
-                "unscored): lower k or pass allow_fewer=true"
+                "unscored): lower k or pass select.allow_fewer=true"
             )
     else:
         _select_unbounded(p, method, tau, columns, dedupe, exclude, batch_size, result)
@@ -580,6 +584,7 @@ __all__ = [
     "TAU_RANGE",
     "SelectionError",
     "SelectionResult",
+    "check_settings",
     "dedupe_key",
     "image_key",
     "normalise_question",

@@ -27,11 +27,14 @@ def sha256_text(text: str) -> str:
 
 
 def to_pil(image: Any) -> Image.Image:
-    """A record's image (PIL image, encoded bytes, ``{"bytes", "path"}`` dict or path) as RGB PIL."""
+    """A record's image (PIL image, encoded bytes, ``{"bytes", "path"}`` dict or path) as RGB PIL, converted
+    like the training collator does (a plain ``convert("RGB")`` saturates 16-bit images to white)."""
+    from medgr2.data.collate import to_rgb
+
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     data, _ = image_bytes(image)
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return to_rgb(Image.open(io.BytesIO(data)))
 
 
 def image_bytes(image: Any) -> tuple[bytes, str]:

@@ -15,6 +15,7 @@ The API key is read from the environment only, kept out of ``repr``, logs, error
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ from medgr2.generation.backends import GenRequest, GenResult
 logger = logging.getLogger(__name__)
 
 #: Error kinds that are worth another attempt.
-RETRYABLE_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection"})
+RETRYABLE_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "bad_response"})
 
 
 class MissingAPIKeyError(RuntimeError):
@@ -108,7 +109,8 @@ def classify_error(exc: BaseException) -> tuple[str, bool]:
     """``(kind, retryable)`` for an exception raised by the client.
 
     429 -> ``rate_limited``; 408 and timeouts -> ``timeout`` (408 *is* a timeout, so it is retried like
-    one); 5xx -> ``server_error``; connection failures -> ``connection``; other 4xx -> ``http_<code>``,
+    one); 5xx -> ``server_error``; connection failures -> ``connection``; a body that is not JSON (a proxy's
+    HTML error page with status 200) -> ``bad_response``, retried; other 4xx -> ``http_<code>``,
     not retried (a bad request or a bad key does not get better by asking again).
     """
     from google.genai import errors
@@ -126,6 +128,8 @@ def classify_error(exc: BaseException) -> tuple[str, bool]:
         return "timeout", True
     if isinstance(exc, _CONNECTION_EXC):
         return "connection", True
+    if isinstance(exc, json.JSONDecodeError):
+        return "bad_response", True
     return "exception", False
 
 

@@ -294,7 +294,8 @@ def _init_module(cfg: DictConfig, r: DictConfig, tracker: Tracker, train_targets
     elif init:  # a Lightning checkpoint of a previous reward run (same model and head settings)
         import torch
 
-        state = torch.load(str(init), map_location="cpu", weights_only=False)["state_dict"]
+        # weights_only: our checkpoints hold tensors and plain containers; never unpickle arbitrary objects.
+        state = torch.load(str(init), map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     return module
 

@@ -33,10 +33,10 @@ def _check_rewards(rewards: Tensor, group_size: int) -> Tensor:
         )
     if not torch.is_floating_point(rewards):
         rewards = rewards.float()
-    nan = torch.isnan(rewards)
-    if nan.any():
-        idx = nan.nonzero().flatten().tolist()
-        raise ValueError(f"rewards contain NaN at indices {idx}; skip or repair these samples before GRPO")
+    bad = ~torch.isfinite(rewards)  # inf - inf in the group mean would be NaN as well
+    if bad.any():
+        idx = bad.nonzero().flatten().tolist()
+        raise ValueError(f"rewards contain NaN or inf at indices {idx}; skip or repair these samples before GRPO")
     return rewards
 
 
@@ -62,8 +62,8 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
     NaN; a std of a single element (``group_size=1`` or ``B=1``) is taken as 0 instead of torch's NaN.
 
     Raises:
-        ValueError: on a bad ``group_size``/``scale``, a batch that is not whole groups, or NaN rewards
-            (the message lists the NaN indices so the caller can drop those samples).
+        ValueError: on a bad ``group_size``/``scale``, a batch that is not whole groups, or NaN / inf rewards
+            (the message lists their indices so the caller can drop those samples).
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), group_size=2, scale="none")
     tensor([ 0.5000, -0.5000,  0.0000,  0.0000])

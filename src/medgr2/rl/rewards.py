@@ -7,6 +7,7 @@ indicator rewards an exact option-letter match with the reference answer. An opt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -70,6 +71,9 @@ def composite_reward_components(
     if format_weight != 0.0 and format_scores is None:
         raise ValueError("format_scores are required when format_weight != 0")
 
+    # An infinite score is a broken reward model (an overflow), like NaN: make it NaN so the caller's NaN policy
+    # (skip the batch or stop) sees it, instead of rescaling clamping it to the best score or the loss going NaN.
+    rm = rm.masked_fill(torch.isinf(rm), math.nan)
     if rescale_rm:
         rm = rescale_rm_scores(rm, rm_min, rm_max)
     # A None prediction (unparseable completion) never matches, not even a None reference.
@@ -121,8 +125,8 @@ def composite_reward(
         rm_max: upper end of the reward model's score range.
 
     Returns:
-        (B,) rewards. NaN in ``rm_scores`` passes through to the output on purpose: the caller flags
-        those samples (``group_advantages`` refuses NaN and names the indices) rather than this function
+        (B,) rewards. NaN (and inf, made NaN) in ``rm_scores`` passes through to the output on purpose: the
+        caller flags those samples (``group_advantages`` refuses NaN and names the indices) rather than this function
         silently inventing a value.
 
     >>> composite_reward(torch.tensor([10.0, 5.0]), ["A", None], ["A", "B"])
