@@ -35,7 +35,7 @@ def _child(cfg, patch: Callable[[], None]) -> None:
     os._exit(0)  # finished without reaching the kill point
 
 
-def run_killed(cfg, patch: Callable[[], None], timeout: float = 300) -> None:
+def run_killed(cfg, patch: Callable[[], None], timeout: float = 180) -> None:
     """Run ``cfg``'s stage in a forked child that applies ``patch`` (which arranges the SIGKILL) first."""
     proc = mp.get_context("fork").Process(target=_child, args=(cfg, patch))
     proc.start()
