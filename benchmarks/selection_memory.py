@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     ap.add_argument("--k", type=int, default=2000)
     ap.add_argument("--workdir", type=Path, default=None, help="where pools are built (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--pool", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--build", type=int, help=argparse.SUPPRESS)
@@ -181,10 +182,11 @@ def main() -> None:
         "topk_flat_within_20pct": largest["topk"]["peak_mb"] <= 1.2 * base["topk"]["peak_mb"],
     }
     print(json.dumps(verdict))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "verdict": verdict, "table": table, "python": sys.version.split()[0],
+    results = args.out / RESULTS.name if args.out else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"rows": rows, "verdict": verdict, "table": table, "python": sys.version.split()[0],
                                    "platform": platform.platform(), "cpus": os.cpu_count()}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
