@@ -39,7 +39,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# TRL (the GRPO peer) is a benchmark-only extra, installed under the same torch constraint.
 bench: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
