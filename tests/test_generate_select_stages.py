@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import datasets
 import pytest
+from fake_gemini import ITEM, OneItemGemini
 from omegaconf import OmegaConf
 
 from medgr2.data.selection import SelectionError
@@ -91,37 +90,6 @@ def test_select_from_a_generation_dir_and_without_a_pool(make_cfg, tmp_path):
 # ------------------------------------------------------------------------------------------- secrets
 
 SECRET = "AIzaTEST-stage-key-7e1d0c"
-ITEM = {"question_type": "Modality Recognition", "question": "Which modality produced this image?",
-        "options": ["CT", "MRI"], "rationale": "Cross-sectional attenuation pattern.", "answer": "A"}
-
-
-class _FakeGemini:
-    """Minimal generateContent endpoint: always the same valid item; records the API keys it saw."""
-
-    def __init__(self):
-        self.keys: list[str | None] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                fake.keys.append(self.headers.get("x-goog-api-key"))
-                reply = {"candidates": [{"content": {"role": "model", "parts": [{"text": json.dumps(ITEM)}]},
-                                         "finishReason": "STOP"}]}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
 
 class _RecordingTracker(Tracker):
@@ -152,14 +120,14 @@ def test_gemini_key_never_reaches_config_mlflow_or_logs(make_cfg, tmp_path, monk
     trackers: list[_RecordingTracker] = []
     monkeypatch.setattr(pipeline, "make_tracker", lambda cfg, stage: trackers.append(_RecordingTracker(cfg))
                         or trackers[-1])
-    fake = _FakeGemini()
+    fake = OneItemGemini(ITEM)
     try:
         caplog.set_level(logging.DEBUG)
         cfg = make_cfg("stage=generate", "generator=gemini", f"generator.base_url={fake.url}",
                        "generator.requests_per_minute=null", "stage.n_sources=6", "stage.progress=false")
         m = run(cfg)
     finally:
-        fake.server.shutdown()
+        fake.close()
     assert m["generate/kept"] == 6 and set(fake.keys) == {SECRET}  # the key was used ...
     (tr,) = trackers
     assert tr.params["generator"]["api_key_env"] == "GEMINI_API_KEY"

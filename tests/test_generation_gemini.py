@@ -9,10 +9,11 @@ import re
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from fake_gemini import serve
 
 from medgr2.data.schema import LETTERS, index_of
 from medgr2.generation import load_generated, plan_requests, run_generation
@@ -113,13 +114,7 @@ class FakeGemini:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+        self.server, self.url, self.thread = serve(Handler)
 
     def close(self):
         self.server.shutdown()

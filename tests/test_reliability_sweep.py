@@ -7,54 +7,22 @@ One real sweep serves both checks (it is the expensive part: 4 processes start o
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, TEST_OVERRIDES, compose_cfg
+from fake_gemini import ITEM, OneItemGemini
 
 pytest.importorskip("google.genai")
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 
 SECRET = "sk-test-SECRET123"
-ITEM = {"question_type": "Modality Recognition", "question": "Which modality produced this image?",
-        "options": ["CT", "MRI"], "rationale": "Cross-sectional attenuation pattern.", "answer": "A"}
 SEEDS = (0, 1, 2, 3)
 N_SOURCES = 4
-
-
-class _Gemini:
-    """generateContent that always answers one valid item; records the keys it was sent."""
-
-    def __init__(self):
-        self.keys: list[str | None] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                fake.keys.append(self.headers.get("x-goog-api-key"))
-                data = json.dumps({"candidates": [{"content": {"role": "model", "parts": [
-                    {"text": json.dumps(ITEM)}]}, "finishReason": "STOP"}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +33,7 @@ def sweep(tmp_path_factory, shared_cache):
     from medgr2.pipeline.common import load_split
 
     load_split(compose_cfg(root, cache, "stage=generate"), "train", limit=N_SOURCES)
-    fake = _Gemini()
+    fake = OneItemGemini(ITEM)
     env = {**os.environ, "MEDGR2_ROOT": str(root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "GEMINI_API_KEY": SECRET}
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
@@ -75,7 +43,7 @@ def sweep(tmp_path_factory, shared_cache):
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     finally:
-        fake.server.shutdown()
+        fake.close()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return root, proc, fake
 
