@@ -195,3 +195,54 @@ def test_parquet_and_saved_pools_give_the_same_ids_and_rows(tmp_path, pool, gen_
         saved = datasets.load_from_disk(str(out))
         assert saved["id"] == want and saved["score"] == [9.5, 9.0, 8.0, 7.5]
         assert saved.column_names == pool.column_names
+
+
+# ---------------------------------------------------------------------------------------- stratified
+
+
+def _typed_pool() -> datasets.Dataset:
+    # Type "a" scores high, "b" middling, "c" low: plain TopK would take only "a".
+    rows = [(f"{t}{i:02d}", base + i / 100, f"{t}{i}.png", f"q {t} {i}", t)
+            for t, base in (("a", 9.0), ("b", 5.0), ("c", 1.0)) for i in range(10)]
+    rows += [("c10", 1.5, "c10.png", "q c 10", "c"), ("d00", 0.0, "d0.png", "q d 0", "d")]
+    ds = _ds([r[:4] for r in rows])
+    return ds.add_column("question_type", [r[4] for r in rows])
+
+
+def test_stratified_topk_takes_the_best_of_each_type_in_equal_shares():
+    ds = _typed_pool()
+    plain = select(ds, "topk", k=8)
+    assert {i[0] for i in plain.ids} == {"a"}
+    res = select(ds, "topk", k=7, stratify="question_type")
+    # d has one row: it gives it, the other 6 are split 2/2/2 — and within a type the highest scores win.
+    assert Counter(i[0] for i in res.ids) == {"a": 2, "b": 2, "c": 2, "d": 1}
+    assert set(res.ids) == {"a08", "a09", "b08", "b09", "c10", "c09", "d00"}
+    assert res.ids[:2] == ["a09", "a08"]  # merged ranking, best first
+    assert res.scores == sorted(res.scores, reverse=True)
+    assert [ds[p]["id"] for p in res.positions] == res.ids
+
+
+def test_stratified_randk_is_deterministic_and_even():
+    ds = _typed_pool()
+    a = select(ds, "randk", k=9, seed=3, stratify="question_type")
+    b = select(ds, "randk", k=9, seed=3, stratify="question_type")
+    assert a.ids == b.ids and len(set(a.ids)) == 9
+    # d gives its one row; the other 8 go 3/3/2 (c has 11 rows, so it is filled last).
+    assert Counter(i[0] for i in a.ids) == {"a": 3, "b": 3, "c": 2, "d": 1}
+
+
+def test_stratum_quotas_water_fill_small_strata():
+    from medgr2.data.selection import stratum_quotas
+
+    assert stratum_quotas({"a": 10, "b": 1, "c": 10}, 9) == {"a": 4, "b": 1, "c": 4}
+    assert stratum_quotas({"a": 5, "b": 5}, 10) == {"a": 5, "b": 5}
+    assert sum(stratum_quotas({"a": 3, "b": 4, "c": 100}, 50).values()) == 50
+    assert stratum_quotas({"a": 3, "b": 4, "c": 100}, 50) == {"a": 3, "b": 4, "c": 43}
+
+
+def test_stratify_is_refused_for_threshold_and_unknown_columns():
+    ds = _typed_pool()
+    with pytest.raises(SelectionError, match="stratify works with topk and randk"):
+        select(ds, "threshold", tau=5.0, stratify="question_type")
+    with pytest.raises(SelectionError, match="not a column"):
+        select(ds, "topk", k=3, stratify="modality")

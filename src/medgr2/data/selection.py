@@ -300,8 +300,10 @@ def select(
     allow_overlap: bool = True,
     allow_fewer: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    stratify: str | None = None,
 ) -> SelectionResult:
-    """Select from ``pool`` with ``method``; see :func:`select_ids` for the arguments."""
+    """Select from ``pool`` with ``method``; see :func:`select_ids` for the arguments. ``stratify``: a column
+    (e.g. ``question_type``) over whose values TopK / RandK split ``k`` evenly (:func:`stratum_quotas`)."""
     if method not in METHODS:
         raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     p = open_pool(pool)
@@ -324,7 +326,13 @@ def select(
         batch_size = min(batch_size, 1024)
     result = SelectionResult(method=method, n_pool=p.num_rows)
     exclude = exclude_keys or set()
-    if method in ("topk", "randk"):
+    if stratify and method not in ("topk", "randk"):
+        raise SelectionError(f"select.stratify works with topk and randk, not {method}")
+    if stratify and stratify not in p.column_names:
+        raise SelectionError(f"select.stratify={stratify!r} is not a column of the pool ({p.column_names})")
+    if method in ("topk", "randk") and stratify:
+        _select_stratified(p, method, int(k), int(seed), columns, dedupe, exclude, batch_size, result, stratify)
+    elif method in ("topk", "randk"):
         _select_bounded(p, method, int(k), int(seed), columns, dedupe, exclude, batch_size, result)
         if len(result.ids) < int(k) and not allow_fewer:
             raise SelectionError(
@@ -371,7 +379,7 @@ def _priority(seed: int, token: str) -> int:
 
 def _select_bounded(
     p: _Pool, method: str, k: int, seed: int, columns: Sequence[str], dedupe: bool,
-    exclude: set[str], batch_size: int, result: SelectionResult,
+    exclude: set[str], batch_size: int, result: SelectionResult, stratum: tuple[str, str] | None = None,
 ) -> None:
     """TopK / RandK with a heap of at most k live entries (+ lazily deleted ones, compacted).
 
@@ -393,16 +401,18 @@ def _select_bounded(
 
     for b in _batches(p, columns, batch_size):
         scores = b.scores
+        # Rows of other strata are not this pass's business (stratified selection: one pass per stratum).
+        inside = _in_stratum(b, stratum)
         if topk:
             assert scores is not None
-            valid = ~np.isnan(scores)
-            result.n_unscored += int((~valid).sum())
+            valid = ~np.isnan(scores) & inside
+            result.n_unscored += int((np.isnan(scores) & inside).sum())
             if n_live >= k:
                 # Vectorised pre-filter: only rows at least as good as the current worst can enter.
                 valid &= scores >= root().score
             idx = np.flatnonzero(valid)
         else:
-            idx = np.arange(b.num_rows)
+            idx = np.flatnonzero(inside)
         ids = b.take("id", idx)
         keys = _keys(b, idx) if dedupe else [None] * len(idx)
         for i, rid, key in zip(idx.tolist(), ids, keys, strict=True):
@@ -442,6 +452,69 @@ def _select_bounded(
     result.ids = [e.id for e in kept]
     result.positions = [e.pos for e in kept]
     result.scores = [e.score for e in kept]
+
+
+def _in_stratum(b: _Batch, stratum: tuple[str, str] | None) -> np.ndarray:
+    """``(num_rows,)`` bool: the batch's rows whose ``stratum[0]`` column equals ``stratum[1]`` (all: no stratum)."""
+    if stratum is None:
+        return np.ones(b.num_rows, dtype=bool)
+    col = b.batch.column(b.batch.schema.names.index(stratum[0]))
+    return np.asarray([str(v) == stratum[1] for v in col.to_pylist()], dtype=bool)
+
+
+def stratum_quotas(sizes: Mapping[str, int], k: int) -> dict[str, int]:
+    """Split ``k`` over strata as evenly as their sizes allow (water-filling): a stratum smaller than its
+    share gives all it has and the rest is shared by the others; leftovers go to the larger strata first.
+
+    >>> stratum_quotas({"a": 10, "b": 1, "c": 10}, 9)
+    {'a': 4, 'b': 1, 'c': 4}
+    """
+    quotas = {name: 0 for name in sizes}
+    left, open_ = k, sorted(sizes, key=lambda n: (sizes[n], n))
+    while left > 0 and open_:
+        share = max(1, left // len(open_))
+        for name in list(open_):
+            take = min(share, sizes[name] - quotas[name], left)
+            quotas[name] += take
+            left -= take
+            if quotas[name] >= sizes[name]:
+                open_.remove(name)
+            if left == 0:
+                break
+    return quotas
+
+
+def _select_stratified(
+    p: _Pool, method: str, k: int, seed: int, columns: Sequence[str], dedupe: bool,
+    exclude: set[str], batch_size: int, result: SelectionResult, stratify: str,
+) -> None:
+    """TopK / RandK with ``k`` split evenly over the values of column ``stratify`` (e.g. question type), so
+    that the selection keeps the pool's mix instead of the reward model's preferences. One streaming pass
+    per stratum (memory stays O(k)); output order: the merged ranking (best first for TopK)."""
+    sizes: dict[str, int] = {}
+    for batch in p.iter_batches([stratify], batch_size):
+        for v in batch.column(0).to_pylist():
+            sizes[str(v)] = sizes.get(str(v), 0) + 1
+    quotas = stratum_quotas(sizes, k)
+    kept: list[tuple[tuple, str, int, float | None]] = []
+    topk = method == "topk"
+    for name, quota in sorted(quotas.items()):
+        if quota == 0:
+            continue
+        part = SelectionResult(method=method, n_pool=result.n_pool)
+        _select_bounded(p, method, quota, seed, [*columns, stratify], dedupe, exclude, batch_size, part,
+                        stratum=(stratify, name))
+        for rid, pos, score in zip(part.ids, part.positions, part.scores, strict=True):
+            s_ = -math.inf if score is None else score
+            rank = (-s_, rid) if topk else (_priority(seed, rid), rid)
+            kept.append((rank, rid, pos, score))
+        result.n_overlap += part.n_overlap
+        result.n_duplicates += part.n_duplicates
+        result.n_unscored += part.n_unscored
+    kept.sort(key=lambda e: e[0])
+    result.ids = [e[1] for e in kept]
+    result.positions = [e[2] for e in kept]
+    result.scores = [e[3] for e in kept]
 
 
 def _select_unbounded(

@@ -130,6 +130,7 @@ def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, floa
             allow_overlap=allow_overlap,
             allow_fewer=bool(settings.get("allow_fewer")),
             batch_size=int(s.batch_size),
+            stratify=settings.get("stratify") or None,
         )
         meta = {"key": key, "pool": str(pool_path), "existing": use_existing, "settings": settings,
                 **result.summary()}
