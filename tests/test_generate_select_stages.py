@@ -170,3 +170,17 @@ def test_distill_reuses_sft_and_exports_a_generator_for_hf(make_cfg, tmp_path):
     assert g["generate/requested"] == 3 and g["generate/kept"] + g["generate/rejected"] == 3
     manifest = json.loads((tmp_path / "gen2" / "manifest.json").read_text())
     assert str(export.resolve()) in manifest["config"]["backend"]["model"]
+
+
+def test_generate_then_score_then_select_chain_on_the_defaults(make_cfg):
+    # The three commands of the README with nothing but the test size (and a tiny R_φ): each stage finds the
+    # previous one's output by its default settings.
+    rm = ["stage.max_steps=3", "stage.source.size=24", "stage.max_val_sources=4"]
+    gen = run(make_cfg("stage=generate", "logger=none", "stage.progress=false"))
+    assert gen["generate/kept"] > 200  # 256 sources at test size
+    scored = run(make_cfg("stage=score", "logger=none", "stage.progress=false",
+                          *[r.replace("stage.", "stage.rm.", 1) for r in rm]))
+    assert scored["score/n"] == gen["generate/kept"]
+    sel = run(make_cfg("stage=select", "select=topk", "k=100", "logger=none",
+                       *[r.replace("stage.", "stage.score.rm.", 1) for r in rm]))
+    assert sel["select/n_selected"] == 100 and sel["select/n_pool"] == gen["generate/kept"]

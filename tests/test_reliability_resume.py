@@ -63,7 +63,7 @@ def rm_export(shared_cache, tmp_path_factory) -> Path:
 
 
 def _score_cfg(make_cfg, rm: Path, out: Path):
-    return make_cfg("stage=score", f"stage.model={rm}", "stage.size=24", "stage.chunk_size=4", "stage.batch_size=4",
+    return make_cfg("stage=score", "stage.source=split", f"stage.model={rm}", "stage.size=24", "stage.chunk_size=4", "stage.batch_size=4",
                     f"stage.output={out}", "stage.progress=false", "logger=none")
 
 
@@ -72,7 +72,7 @@ def reference_scores(rm_export, shared_cache, tmp_path_factory):
     from conftest import compose_cfg
 
     root = tmp_path_factory.mktemp("score_ref")
-    cfg = compose_cfg(root, shared_cache, "stage=score", f"stage.model={rm_export}", "stage.size=24",
+    cfg = compose_cfg(root, shared_cache, "stage=score", "stage.source=split", f"stage.model={rm_export}", "stage.size=24",
                       "stage.chunk_size=4", "stage.batch_size=4", f"stage.output={root / 'ref'}",
                       "stage.progress=false", "logger=none")
     run(cfg)

@@ -121,7 +121,7 @@ def rm_export(shared_cache, tmp_path) -> Path:
 
 def test_score_stage_writes_a_score_column_and_provenance(make_cfg, rm_export, tmp_path) -> None:
     out = tmp_path / "scored"
-    cfg = make_cfg("stage=score", f"stage.model={rm_export}", "stage.size=10", "stage.chunk_size=4",
+    cfg = make_cfg("stage=score", "stage.source=split", f"stage.model={rm_export}", "stage.size=10", "stage.chunk_size=4",
                    f"stage.output={out}", "stage.progress=false", "logger=none")
     metrics = run(cfg)
     ds = datasets.load_from_disk(str(out))

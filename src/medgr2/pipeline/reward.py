@@ -466,10 +466,31 @@ def score_dataset(ds: datasets.Dataset, scorer, output: str | Path, chunk_size: 
     return datasets.load_from_disk(str(output))
 
 
+def generated_candidates(cfg: DictConfig) -> Path:
+    """The exported candidates of ``stage=generate`` run with the settings under ``cfg.stage.generate``."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from medgr2.pipeline.generate import default_candidates_dir, generation_sources, make_generator
+
+    gen = copy.deepcopy(cfg)
+    with open_dict(gen):
+        gen.stage = cfg.stage.generate
+    export = default_candidates_dir(gen, generation_sources(gen), make_generator(gen)) / "export" / "candidates"
+    if not export.exists():
+        raise FileNotFoundError(f"no generated candidates at {export}: run `python train.py stage=generate` with the "
+                                "same overrides first, or pass stage.input=<a candidates dataset> "
+                                "(stage.source=split scores the benchmark's reference answers)")
+    return export
+
+
 def _score_input(cfg: DictConfig) -> datasets.Dataset:
     s = cfg.stage
     if s.get("input"):
         ds = datasets.load_from_disk(str(s.input))
+    elif s.get("source", "split") == "generated" and s.get("generate") is not None:
+        ds = datasets.load_from_disk(str(generated_candidates(cfg)))
     else:
         ds = load_split(cfg, str(s.split), limit=s.get("size"))
     if s.get("size") and len(ds) > int(s.size):

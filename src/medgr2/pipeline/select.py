@@ -69,7 +69,10 @@ def default_pool(cfg: DictConfig) -> Path:
     model_path = Path(s.model) if s.get("model") else reward.reward_model_path(scfg)
     if not model_path.exists():
         raise SelectionError(f"no scored pool yet (no reward model at {model_path}): {SCORE_HINT}")
-    ds = reward._score_input(scfg)
+    try:
+        ds = reward._score_input(scfg)
+    except FileNotFoundError as exc:
+        raise SelectionError(f"no scored pool yet ({exc}): {SCORE_HINT}") from exc
     key = fingerprint(ds._fingerprint, len(ds), reward._model_id(model_path), s.response_key)
     return cache_dir(cfg) / "scored" / f"scored-{key}"
 
