@@ -1,0 +1,30 @@
+"""The R_φ figure: its summary numbers on hand-made scores, and a readable PNG."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from medgr2.report.reward_figure import plot, summary
+
+
+def _scores() -> pd.DataFrame:
+    rows = [("r1#original", "original", 10.0, 9.0), ("r1#synonym", "synonym", 6.0, 6.5),
+            ("r1#deletion", "deletion", 0.0, 1.0), ("r1#irrelevant", "irrelevant", -6.0, -5.0),
+            ("r2#original", "original", 10.0, 5.0), ("r2#synonym", "synonym", 6.0, 4.0),
+            ("r2#deletion", "deletion", 0.0, 0.5), ("r2#irrelevant", "irrelevant", -6.0, -4.0),
+            ("r1#wrong_letter", "wrong_letter", float("nan"), 8.0),
+            ("r2#wrong_letter", "wrong_letter", float("nan"), 7.0)]
+    return pd.DataFrame(rows, columns=["id", "grade", "target", "score"])
+
+
+def test_summary_pairs_each_original_with_its_own_wrong_letter_probe():
+    rho, pair = summary(_scores())
+    assert pair == pytest.approx(0.5)  # r1: 9 > 8; r2: 5 < 7
+    assert 0.8 < rho <= 1.0
+    assert summary(_scores()[lambda d: d["grade"] != "wrong_letter"])[1] is None
+
+
+def test_plot_writes_a_png(tmp_path):
+    out = plot(_scores(), tmp_path / "r.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
