@@ -246,3 +246,14 @@ def test_stratify_is_refused_for_threshold_and_unknown_columns():
         select(ds, "threshold", tau=5.0, stratify="question_type")
     with pytest.raises(SelectionError, match="not a column"):
         select(ds, "topk", k=3, stratify="modality")
+
+
+def test_stratify_on_two_columns_balances_their_combinations():
+    base = _typed_pool()
+    ds = base.add_column("answer_text", ["no" if i % 4 == 0 else "yes" for i in range(len(base))])
+    res = select(ds, "topk", k=7, stratify=["question_type", "answer_text"])
+    pairs = Counter((ds[p]["question_type"], ds[p]["answer_text"]) for p in res.positions)
+    # 7 combinations exist (a, b, c with yes and no; d with one row): one item from each.
+    assert len(res.ids) == 7 and len(pairs) == 7 and set(pairs.values()) == {1}
+    # Within a combination the best score wins: a's best "no" is a08 (i=8 is a multiple of 4).
+    assert "a08" in res.ids and "a09" in res.ids

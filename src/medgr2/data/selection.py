@@ -300,10 +300,11 @@ def select(
     allow_overlap: bool = True,
     allow_fewer: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    stratify: str | None = None,
+    stratify: str | Sequence[str] | None = None,
 ) -> SelectionResult:
     """Select from ``pool`` with ``method``; see :func:`select_ids` for the arguments. ``stratify``: a column
-    (e.g. ``question_type``) over whose values TopK / RandK split ``k`` evenly (:func:`stratum_quotas`)."""
+    (e.g. ``question_type``), or several (``[question_type, answer_text]``: their value combinations), over
+    whose values TopK / RandK split ``k`` evenly (:func:`stratum_quotas`)."""
     if method not in METHODS:
         raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     p = open_pool(pool)
@@ -328,10 +329,13 @@ def select(
     exclude = exclude_keys or set()
     if stratify and method not in ("topk", "randk"):
         raise SelectionError(f"select.stratify works with topk and randk, not {method}")
-    if stratify and stratify not in p.column_names:
-        raise SelectionError(f"select.stratify={stratify!r} is not a column of the pool ({p.column_names})")
-    if method in ("topk", "randk") and stratify:
-        _select_stratified(p, method, int(k), int(seed), columns, dedupe, exclude, batch_size, result, stratify)
+    strata_cols = [stratify] if isinstance(stratify, str) else list(stratify or [])
+    missing = [c for c in strata_cols if c not in p.column_names]
+    if missing:
+        raise SelectionError(f"select.stratify={stratify!r}: {missing} not a column of the pool ({p.column_names})")
+    if method in ("topk", "randk") and strata_cols:
+        _select_stratified(p, method, int(k), int(seed), columns, dedupe, exclude, batch_size, result,
+                           strata_cols)
     elif method in ("topk", "randk"):
         _select_bounded(p, method, int(k), int(seed), columns, dedupe, exclude, batch_size, result)
         if len(result.ids) < int(k) and not allow_fewer:
@@ -379,7 +383,8 @@ def _priority(seed: int, token: str) -> int:
 
 def _select_bounded(
     p: _Pool, method: str, k: int, seed: int, columns: Sequence[str], dedupe: bool,
-    exclude: set[str], batch_size: int, result: SelectionResult, stratum: tuple[str, str] | None = None,
+    exclude: set[str], batch_size: int, result: SelectionResult,
+    stratum: tuple[Sequence[str], str] | None = None,
 ) -> None:
     """TopK / RandK with a heap of at most k live entries (+ lazily deleted ones, compacted).
 
@@ -454,12 +459,18 @@ def _select_bounded(
     result.scores = [e.score for e in kept]
 
 
-def _in_stratum(b: _Batch, stratum: tuple[str, str] | None) -> np.ndarray:
-    """``(num_rows,)`` bool: the batch's rows whose ``stratum[0]`` column equals ``stratum[1]`` (all: no stratum)."""
+def _stratum_keys(batch: pa.Table | pa.RecordBatch, columns: Sequence[str]) -> list[str]:
+    """One key per row: the row's values in ``columns``, joined (the stratum it belongs to)."""
+    values = [batch.column(batch.schema.names.index(c)).to_pylist() for c in columns]
+    return ["\x1f".join(str(v) for v in row) for row in zip(*values, strict=True)]
+
+
+def _in_stratum(b: _Batch, stratum: tuple[Sequence[str], str] | None) -> np.ndarray:
+    """``(num_rows,)`` bool: the batch's rows whose stratum key (:func:`_stratum_keys` of the columns
+    ``stratum[0]``) is ``stratum[1]``; every row when there is no stratum."""
     if stratum is None:
         return np.ones(b.num_rows, dtype=bool)
-    col = b.batch.column(b.batch.schema.names.index(stratum[0]))
-    return np.asarray([str(v) == stratum[1] for v in col.to_pylist()], dtype=bool)
+    return np.asarray([key == stratum[1] for key in _stratum_keys(b.batch, stratum[0])], dtype=bool)
 
 
 def stratum_quotas(sizes: Mapping[str, int], k: int) -> dict[str, int]:
@@ -486,15 +497,15 @@ def stratum_quotas(sizes: Mapping[str, int], k: int) -> dict[str, int]:
 
 def _select_stratified(
     p: _Pool, method: str, k: int, seed: int, columns: Sequence[str], dedupe: bool,
-    exclude: set[str], batch_size: int, result: SelectionResult, stratify: str,
+    exclude: set[str], batch_size: int, result: SelectionResult, stratify: Sequence[str],
 ) -> None:
     """TopK / RandK with ``k`` split evenly over the values of column ``stratify`` (e.g. question type), so
     that the selection keeps the pool's mix instead of the reward model's preferences. One streaming pass
     per stratum (memory stays O(k)); output order: the merged ranking (best first for TopK)."""
     sizes: dict[str, int] = {}
-    for batch in p.iter_batches([stratify], batch_size):
-        for v in batch.column(0).to_pylist():
-            sizes[str(v)] = sizes.get(str(v), 0) + 1
+    for batch in p.iter_batches(list(stratify), batch_size):
+        for key in _stratum_keys(batch, stratify):
+            sizes[key] = sizes.get(key, 0) + 1
     quotas = stratum_quotas(sizes, k)
     kept: list[tuple[tuple, str, int, float | None]] = []
     topk = method == "topk"
@@ -502,7 +513,7 @@ def _select_stratified(
         if quota == 0:
             continue
         part = SelectionResult(method=method, n_pool=result.n_pool)
-        _select_bounded(p, method, quota, seed, [*columns, stratify], dedupe, exclude, batch_size, part,
+        _select_bounded(p, method, quota, seed, [*columns, *stratify], dedupe, exclude, batch_size, part,
                         stratum=(stratify, name))
         for rid, pos, score in zip(part.ids, part.positions, part.scores, strict=True):
             s_ = -math.inf if score is None else score
