@@ -32,7 +32,18 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
     return server, f"http://127.0.0.1:{server.server_port}", thread
 
 
-class OneItemGemini:
+class LoopbackServer:
+    """Base of the fake servers: ``_start(handler)`` serves it (``server``, ``url``, ``thread``); ``close()``."""
+
+    def _start(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server, self.url, self.thread = serve(handler)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class OneItemGemini(LoopbackServer):
     """Always answers ``item``; records the API keys it was sent (``keys``)."""
 
     def __init__(self, item: dict[str, Any] | None = None):
@@ -53,8 +64,4 @@ class OneItemGemini:
             def log_message(self, *args):
                 pass
 
-        self.server, self.url, self.thread = serve(Handler)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)

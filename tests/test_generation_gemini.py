@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from fake_gemini import serve
+from fake_gemini import LoopbackServer
 
 from medgr2.data.schema import LETTERS, index_of
 from medgr2.generation import load_generated, plan_requests, run_generation
@@ -39,7 +39,7 @@ def _item(src: dict, answer: str | None = None) -> str:
     )
 
 
-class FakeGemini:
+class FakeGemini(LoopbackServer):
     """A scripted generateContent endpoint.
 
     ``script`` is a list of actions consumed one per call ("ok", "429", "500", "400", "sleep"); when it is
@@ -114,11 +114,7 @@ class FakeGemini:
             def log_message(self, *args):
                 pass
 
-        self.server, self.url, self.thread = serve(Handler)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
 @pytest.fixture

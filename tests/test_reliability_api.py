@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from fake_gemini import serve
+from fake_gemini import LoopbackServer
 
 pytest.importorskip("google.genai")
 
@@ -33,7 +33,7 @@ SOURCES = toy_sources(6)
 KEY = "AIzaFAKE-reliability-0000"
 
 
-class Misbehaving:
+class Misbehaving(LoopbackServer):
     """generateContent on loopback; ``script`` holds one action per call (then "ok"):
     ``ok``, ``429:<retry-after>``, ``truncated`` (Content-Length larger than the body, then close),
     ``html`` (200 with a text/html body), ``hang`` (sleep ``hang_s`` before answering)."""
@@ -97,11 +97,7 @@ class Misbehaving:
             def log_message(self, *args):
                 pass
 
-        self.server, self.url, self.thread = serve(Handler)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
 @pytest.fixture

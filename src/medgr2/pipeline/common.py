@@ -23,6 +23,22 @@ def to_dict(node: Any) -> Any:
     return node
 
 
+def with_stage(cfg: DictConfig, stage: Any, output_dir: str | Path | None = None) -> DictConfig:
+    """A copy of ``cfg`` whose ``stage`` node is ``stage`` (a node or a mapping), optionally writing into
+    ``output_dir``: how one stage runs or locates another stage's work (the loop's steps, score's
+    candidates, select's default pool)."""
+    import copy
+
+    from omegaconf import open_dict
+
+    sub = copy.deepcopy(cfg)
+    with open_dict(sub):
+        sub.stage = stage if OmegaConf.is_config(stage) else OmegaConf.create(dict(stage))
+        if output_dir is not None:
+            sub.paths.output_dir = str(output_dir)
+    return sub
+
+
 def fingerprint(*parts: Any) -> str:
     """Stable short hash of JSON-able parts (cache keys for the pretrained base, candidate pools…)."""
     blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str).encode()

@@ -17,7 +17,6 @@ iteration, and one nested run per executed step below it.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import datasets
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medgr2.data.schema import FEATURES, FIELDS, canonical_modality, canonical_question_type, to_dataset
-from medgr2.pipeline.common import fingerprint, load_split, to_dict
+from medgr2.pipeline.common import fingerprint, load_split, to_dict, with_stage
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir, atomic_write_json
 
@@ -122,11 +121,7 @@ def sub_config(cfg: DictConfig, stage: str | Mapping[str, Any], out: Path, **ove
     ``overrides``, writing into ``out``: how each step runs the single stage's code."""
     node = dict(to_dict(cfg.stage[stage])) if isinstance(stage, str) else dict(stage)
     node.update(overrides)
-    sub = copy.deepcopy(cfg)
-    with open_dict(sub):
-        sub.stage = OmegaConf.create(node)
-        sub.paths.output_dir = str(out)
-    return sub
+    return with_stage(cfg, node, out)
 
 
 def last_checkpoint(out: Path) -> str | None:

@@ -468,15 +468,10 @@ def score_dataset(ds: datasets.Dataset, scorer, output: str | Path, chunk_size: 
 
 def generated_candidates(cfg: DictConfig) -> Path:
     """The exported candidates of ``stage=generate`` run with the settings under ``cfg.stage.generate``."""
-    import copy
-
-    from omegaconf import open_dict
-
+    from medgr2.pipeline.common import with_stage
     from medgr2.pipeline.generate import default_candidates_dir, generation_sources, make_generator
 
-    gen = copy.deepcopy(cfg)
-    with open_dict(gen):
-        gen.stage = cfg.stage.generate
+    gen = with_stage(cfg, cfg.stage.generate)
     export = default_candidates_dir(gen, generation_sources(gen), make_generator(gen)) / "export" / "candidates"
     if not export.exists():
         raise FileNotFoundError(f"no generated candidates at {export}: run `python train.py stage=generate` with the "

@@ -9,13 +9,12 @@ selected rows (all columns) are written atomically as a ``datasets`` folder, whi
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from medgr2.data.selection import (
     SCORE_HINT,
@@ -26,7 +25,7 @@ from medgr2.data.selection import (
     save_rows,
     select,
 )
-from medgr2.pipeline.common import cache_dir, fingerprint, output_dir, to_dict
+from medgr2.pipeline.common import cache_dir, fingerprint, output_dir, to_dict, with_stage
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json
 
@@ -59,9 +58,7 @@ def default_pool(cfg: DictConfig) -> Path:
     node = cfg.stage.get("score")
     if node is None:
         raise SelectionError(f"stage.pool is not set and this stage has no `score` settings: {SCORE_HINT}")
-    scfg = copy.deepcopy(cfg)
-    with open_dict(scfg):
-        scfg.stage = node
+    scfg = with_stage(cfg, node)
     helper = getattr(reward, "default_score_output", None)
     if callable(helper):
         return Path(helper(scfg))
