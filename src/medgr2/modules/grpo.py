@@ -7,6 +7,9 @@ One training step, on a batch of B VQA records (prompts):
    (``rollout="expand"``, the default). ``rollout="repeat"`` instead repeats each prompt G times and calls
    ``model.generate`` (TRL's way, kept for comparison). Measured on the tiny VLM, 2 prompts x 4 rollouts x 32
    tokens, one CPU thread, interleaved in one process: ``expand`` takes ~0.7x the time of ``generate``.
+   ``rollout="vllm"`` samples them from an in-process vLLM engine instead (:mod:`medgr2.modules.vllm_rollouts`;
+   GPU only), started from the policy when training starts and sent the policy's weights before every rollout
+   that follows an optimizer step; its tokens come back as the same (N, Tc) tensor, so steps 2-4 are unchanged.
 2. **Rewards** (host): ``r = alpha * R_phi + beta_match * 1[extract(a') = a] (+ format_weight * format)``
    from :func:`medgr2.rl.composite_reward_components`; ``R_phi`` comes from an injectable ``rm_fn`` (the
    frozen reward model, or none: then the alpha term is 0).
@@ -37,10 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medgr2.data.collate import ChatCollator, model_inputs
+from medgr2.data.collate import ChatCollator, model_inputs, to_rgb
 from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
 from medgr2.modules import sharding
 from medgr2.modules.sft import VLMModule
+from medgr2.modules.vllm_rollouts import VLLMRollouts, require_vllm
 from medgr2.rl.advantages import SCALE_CHOICES, group_advantages
 from medgr2.rl.answers import extract_answer, format_reward
 from medgr2.rl.loss import LOSS_TYPES, grpo_loss_with_stats
@@ -50,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # rm_fn(records, completions) -> (N,) reward-model scores; records[i] is the VQA record completion i answers.
 RewardFn = Callable[[Sequence[Mapping[str, Any]], Sequence[str]], Tensor]
-ROLLOUT_MODES = ("expand", "repeat")
+ROLLOUT_MODES = ("expand", "repeat", "vllm")
 ON_NAN = ("skip", "raise")
 
 
@@ -161,6 +165,7 @@ class Rollouts:
     completion_ids: Tensor  # (N, Tc) sampled tokens, pad after EOS
     completion_mask: Tensor  # (N, Tc) float, 1 up to and including EOS
     advantages: Tensor  # (N,)
+    sampler_logps: Tensor | None = None  # (N, Tc) the vLLM engine's log-probs of the sampled tokens (rollout=vllm)
     ref_logps: Tensor | None = None  # (N, Tc) reference log-probs (beta > 0), computed once
     old_logps: Tensor | None = None  # (N, Tc) set by the first optimizer step when num_iterations > 1
     uses: int = 0
@@ -184,7 +189,9 @@ class GRPOPolicy(VLMModule):
         on_nan: ``skip`` (flag the batch, no update) or ``raise`` when a reward is NaN.
         max_nan_batches: consecutive skipped batches after which training stops (a broken reward model).
         max_grad_norm: gradient clipping (manual optimization does its own; 0/None disables).
-        rollout: ``expand`` (prefill once per prompt, expand the KV cache) or ``repeat`` (``generate``).
+        rollout: ``expand`` (prefill once per prompt, expand the KV cache), ``repeat`` (``generate``) or ``vllm``
+            (an in-process vLLM engine whose weights follow the policy; needs vLLM and a GPU).
+        vllm_options: ``vllm.LLM`` keyword arguments for ``rollout="vllm"`` (``stage.vllm``).
         hacking_window / hacking_threshold: reward-hacking monitor settings.
         log_flush_every: per-step diagnostics are sent to the logger in batches of this many steps.
     """
@@ -199,7 +206,10 @@ class GRPOPolicy(VLMModule):
                  reward_model: str | None = None, reward_batch_size: int = 32, on_nan: str = "skip",
                  max_nan_batches: int = 10, max_grad_norm: float | None = 1.0,
                  instruction: str = SHORT_INSTRUCTION, rollout: str = "expand", hacking_window: int = 40,
-                 hacking_threshold: float = 0.15, log_flush_every: int = 10):
+                 hacking_threshold: float = 0.15, log_flush_every: int = 10,
+                 vllm_options: dict[str, Any] | None = None):
+        if rollout == "vllm":
+            require_vllm()  # fail before the model is loaded, in one line
         super().__init__(model, weights=weights, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                          total_steps=total_steps, eight_bit_optim=eight_bit_optim, lora=lora)
         if num_generations < 2:
@@ -243,6 +253,15 @@ class GRPOPolicy(VLMModule):
         self._pending: list[tuple[int, dict[str, float]]] = []  # (step, metrics) rows not yet sent to the logger
         fwd = inspect.signature(self._hf().forward).parameters
         self._cache_kw = "cache" if "cache" in fwd else "past_key_values"  # renamed in transformers 5.x
+        # rollout=vllm: the engine starts in on_train_start; the flag says an optimizer step changed the weights
+        # since the last push. Rollouts dispatch on vllm_rollouts (a test may set its own engine there).
+        self.vllm_rollouts: VLLMRollouts | None = None
+        self._engine_stale = False
+        if rollout == "vllm":
+            if self.spec.quantization not in (None, "none"):
+                raise ValueError("stage.rollout=vllm pushes full-precision merged weights into vLLM: use "
+                                 f"model.quantization=none (got {self.spec.quantization!r})")
+            self.vllm_rollouts = VLLMRollouts(sorted(eos), self.pad_id, vllm_options)
 
     def train(self, mode: bool = True) -> GRPOPolicy:
         """Lightning may switch the module to train mode; the frozen reference always stays in eval mode."""
@@ -269,11 +288,20 @@ class GRPOPolicy(VLMModule):
         """The underlying ``Qwen2_5_VLForConditionalGeneration`` (inside a peft wrapper if LoRA)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
+    def prompt_items(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The chat items (image + user text) of B records: one source for the HF and the vLLM prompts."""
+        return [{"image": r["image"], "prompt": user_text(r, self.hparams.instruction), "prefix": "",
+                 "target": ""} for r in records]
+
     def prompt_batch(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         """Collate B records into left-padded prompt tensors on the module's device."""
-        items = [{"image": r["image"], "prompt": user_text(r, self.hparams.instruction), "prefix": "",
-                  "target": ""} for r in records]
-        return {k: v.to(self.device) for k, v in model_inputs(self.collate(items)).items()}
+        return {k: v.to(self.device) for k, v in model_inputs(self.collate(self.prompt_items(records))).items()}
+
+    def vllm_prompts(self, records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[Any]]:
+        """(prompt strings, RGB images) for vLLM: the strings the collator tokenizes, the images it encodes."""
+        items = self.prompt_items(records)
+        return ([self.collate.prompt_text(it) + it.get("prefix", "") for it in items],
+                [to_rgb(it["image"]) for it in items])
 
     def _rope_index(self, prompt: Mapping[str, Tensor]) -> Tensor:
         """(3, B, Tp) M-RoPE positions of the prompts (computed once per prompt, reused by all G rollouts)."""
@@ -297,6 +325,29 @@ class GRPOPolicy(VLMModule):
             self.model.train(was_training)
         mask, _ = completion_mask(tokens, self.eos_ids)
         return tokens.masked_fill(~mask, self.pad_id)
+
+    @torch.no_grad()
+    def vllm_generate(self, records: Sequence[Mapping[str, Any]], timing: dict[str, float]) -> tuple[Tensor, Tensor]:
+        """Sample G completions per record with the vLLM engine, after pushing the weights if a step changed them.
+
+        Returns ((N, Tc) token ids, pad after the first EOS, group-contiguous; (N, Tc) sampler log-probs) on the
+        module's device. Sample seeds are drawn from torch's RNG (seeded by ``seed_everything``).
+        """
+        hp, engine = self.hparams, self.vllm_rollouts
+        assert engine is not None
+        if engine.llm is None:  # rollouts outside fit() (a notebook): start from the policy as it is
+            engine.start(self.model, self.processor)
+            self._engine_stale = False
+        if self._engine_stale:
+            t0 = time.perf_counter()
+            engine.sync(self.model)
+            self._engine_stale = False
+            timing["time/weight_sync"] = time.perf_counter() - t0
+        prompts, images = self.vllm_prompts(records)
+        seed = int(torch.randint(0, 2**31 - 1 - len(records) * self.G, ()).item())
+        tokens, logps = engine.sample(prompts, images, self.G, temperature=float(hp.temperature),
+                                      top_p=float(hp.top_p), max_tokens=int(hp.max_new_tokens), seed=seed)
+        return tokens.to(self.device), logps.to(self.device)
 
     def _sample(self, prompt: Mapping[str, Tensor], prompt_pos: Tensor) -> Tensor:
         hp = self.hparams
@@ -421,7 +472,11 @@ class GRPOPolicy(VLMModule):
         self.prompt_ids.extend(str(r.get("id", "")) for r in records)
         prompt = self.prompt_batch(records)
         prompt_pos = self._rope_index(prompt)  # (3, B, Tp)
-        tokens = self.generate(prompt, prompt_pos)  # (N, Tc)
+        sampler_logps = None
+        if self.vllm_rollouts is not None:
+            tokens, sampler_logps = self.vllm_generate(records, timing)  # (N, Tc) each
+        else:
+            tokens = self.generate(prompt, prompt_pos)  # (N, Tc)
         mask, has_eos = completion_mask(tokens, self.eos_ids)  # (N, Tc)
         self._sync()
         t1 = time.perf_counter()
@@ -461,7 +516,7 @@ class GRPOPolicy(VLMModule):
         adv = group_advantages(rewards, G, scale=hp.scale_rewards)  # (N,)
         stats["zero_var_frac"] = (rewards.view(-1, G).amax(1) == rewards.view(-1, G).amin(1)).float().mean()
         ro = Rollouts(prompt=prompt, prompt_pos=prompt_pos, completion_ids=tokens,
-                      completion_mask=mask.float(), advantages=adv)
+                      completion_mask=mask.float(), advantages=adv, sampler_logps=sampler_logps)
         if hp.beta > 0:
             with torch.no_grad():
                 if self.is_peft:
@@ -490,6 +545,14 @@ class GRPOPolicy(VLMModule):
             max_completion_length=hp.max_new_tokens, num_items_in_batch=n_items)
         m = ro.completion_mask
         stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1.0)
+        if ro.uses == 0 and ro.sampler_logps is not None:
+            # Mean |policy - sampler| log-prob of the sampled tokens: ~0 (dtype noise) when the engine holds the
+            # policy's weights; it grows if a push was missed. Comparable at any temperature with vLLM's processed
+            # log-probs (its raw ones: temperature 1 only), and only at top_p 1 (vLLM renormalises the nucleus).
+            ok = m.bool() & torch.isfinite(ro.sampler_logps)  # (N, Tc)
+            if bool(ok.any()):  # none: the engine returned no log-probs, and there is nothing to compare
+                gap = (logps.detach() - ro.sampler_logps).abs()  # (N, Tc)
+                stats["vllm_logp_gap"] = gap[ok].mean()
         ro.uses += 1
         return loss, stats
 
@@ -531,6 +594,8 @@ class GRPOPolicy(VLMModule):
         opt.step()
         if sched is not None:
             sched.step()
+        if self.vllm_rollouts is not None:
+            self._engine_stale = True  # pushed before the next rollout, not now: num_iterations > 1 reuses rollouts
         self._sync()
         t2 = time.perf_counter()
         stats.update(loss_stats)
@@ -586,5 +651,13 @@ class GRPOPolicy(VLMModule):
                 for step, row in pending:
                     logger.log_metrics(row, step=step)
 
+    def on_train_start(self) -> None:
+        """rollout=vllm: start the engine from the policy as it is now (after sharding, device moves, a resume)."""
+        if self.vllm_rollouts is not None and self.vllm_rollouts.llm is None:
+            self.vllm_rollouts.start(self.model, self.processor)
+            self._engine_stale = False
+
     def on_train_end(self) -> None:
         self.flush_logs()
+        if self.vllm_rollouts is not None:
+            self.vllm_rollouts.close()  # its GPU memory goes back before evaluation (and the loop's next stage)

@@ -50,6 +50,7 @@ def build_policy(cfg: DictConfig, weights: str | None) -> GRPOPolicy:
         max_grad_norm=float(clip) if clip else None, instruction=_instruction(cfg), rollout=str(s.rollout),
         hacking_window=int(s.hacking_window), hacking_threshold=float(s.hacking_threshold),
         log_flush_every=int(s.get("log_flush_every", 10)),
+        vllm_options=to_dict(s.vllm) if s.get("vllm") is not None else None,
     )
 
 
