@@ -177,9 +177,20 @@ def odd_tree(tmp_path_factory) -> Path:
         _item("q-unknown-modality", "Images/Odd/gray.png", modality_type="PET-CT"),
     ]
     (qa / "Odd.json").write_text(json.dumps(good + bad_images + records), encoding="utf-8")
-    # A Latin-1 file (not UTF-8): the whole file is one counted skip, naming the file.
-    latin = json.dumps([_item("latin-1", "Images/Odd/gray.png", question="Lésion?")], ensure_ascii=False)
-    (qa / "Latin.json").write_bytes(latin.encode("latin-1"))
+    # Files that are not UTF-8: read item by item (good items load, bad ones are counted one by one), the
+    # file counted once under warnings. A Windows (cp1252) file, with its curly quote:
+    cp1252 = [_item("cp1252-accent", "Images/Odd/gray.png", question="Lésion ‘visible’?"),
+              _item("cp1252-ascii", "Images/Odd/rgba.png"),
+              _item("cp1252-one-option", "Images/Odd/gray.png", options=("Oui",), gt="Oui")]
+    (qa / "Latin.json").write_bytes(json.dumps(cp1252, ensure_ascii=False).encode("cp1252"))
+    # A Latin-1 file with a byte cp1252 leaves undefined (0x81): decoded as Latin-1.
+    latin1 = [_item("latin-1", "Images/Odd/gray.png", question="Läsion\x81?")]
+    (qa / "Latin1.json").write_bytes(json.dumps(latin1, ensure_ascii=False).encode("latin-1"))
+    # UTF-8 with a byte-order mark, and UTF-16: Unicode, read without a warning.
+    (qa / "Bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([_item("bom", "Images/Odd/gray.png",
+                                                                         question="Größe?")]).encode())
+    (qa / "Wide.json").write_bytes(json.dumps([_item("utf16", "Images/Odd/gray.png", question="病变?")],
+                                              ensure_ascii=False).encode("utf-16"))
     return root
 
 
@@ -215,15 +226,49 @@ def test_odd_records_are_kept_or_counted_never_dropped_silently(odd, odd_tree):
     assert {"Odd/q-huge", "Odd/q-unicode"} <= ids  # long and non-ASCII questions are fine
     huge = next(r for r in odd.records if r["id"] == "Odd/q-huge")
     assert len(huge["question"]) > 100_000
-    assert odd.skipped["missing_field"] == 3  # empty question, blank question, a single option
+    # empty question, blank question, a single option; and a single option in the cp1252 file
+    assert odd.skipped["missing_field"] == 4
     assert any("option_B" in m for m in odd.examples["missing_field"])
     assert odd.skipped["bad_option_count"] == 2  # a fifth option is not silently dropped
     assert odd.skipped["unknown_modality"] == 1
-    assert odd.skipped["malformed_json"] == 1
-    assert any("Latin.json" in m and "utf-8" in m for m in odd.examples["malformed_json"])
-    # Every item of the readable file is accounted for: kept + skipped = written.
-    items = json.loads((odd_tree / "QA_information" / "Open-access" / "Odd.json").read_text())
-    assert len(odd.records) + odd.n_skipped - odd.skipped["malformed_json"] == len(items)
+    assert odd.skipped["malformed_json"] == 0  # no file is lost whole any more (see the test below)
+    # Every item of every file is accounted for: kept + skipped = written.
+    qa = odd_tree / "QA_information" / "Open-access"
+    written = sum(len(json.loads(f.read_bytes().decode(enc))) for f, enc in (
+        (qa / "Odd.json", "utf-8"), (qa / "Latin.json", "cp1252"), (qa / "Latin1.json", "latin-1"),
+        (qa / "Bom.json", "utf-8-sig"), (qa / "Wide.json", "utf-16")))
+    assert len(odd.records) + odd.n_skipped == written
+
+
+def test_a_non_utf8_file_loads_its_good_items_and_is_one_counted_warning(odd):
+    by_id = {r["id"]: r for r in odd.records}
+    # Decoded as the file's legacy encoding: the accented and curly-quoted text is right.
+    assert by_id["Odd/cp1252-accent"]["question"] == "Lésion ‘visible’?"
+    assert by_id["Odd/cp1252-ascii"]["question"] == "Is there a lesion?"
+    assert by_id["Odd/latin-1"]["question"] == "Läsion\x81?"
+    # Its bad items are skipped one by one, naming the file and item, like any file's.
+    assert any("Latin.json item 2" in m for m in odd.examples["missing_field"])
+    # One warning per file, naming it, the encoding used and how many items hold non-ASCII text.
+    assert odd.warnings == {"non_utf8_json": 2}
+    latin, latin1 = sorted(odd.warning_examples["non_utf8_json"])
+    assert latin.startswith("QA_information/Open-access/Latin.json: not UTF-8") and "decoded as cp1252" in latin
+    assert "3 items read one by one, 1 of them with non-ASCII text" in latin
+    assert "Latin1.json" in latin1 and "decoded as latin-1" in latin1
+    enc = {r["id"]: json.loads(r["provenance"]).get("encoding") for r in odd.records}
+    assert enc["Odd/cp1252-accent"] == enc["Odd/cp1252-ascii"] == "cp1252" and enc["Odd/latin-1"] == "latin-1"
+    # A UTF-8 byte-order mark and UTF-16 are Unicode: read as such, without a warning.
+    assert by_id["Odd/bom"]["question"] == "Größe?" and by_id["Odd/utf16"]["question"] == "病变?"
+    assert enc["Odd/bom"] is None and enc["Odd/utf16"] is None
+    assert "non_utf8_json" not in odd.examples  # warnings are not skips
+
+
+def test_a_file_that_is_not_json_is_still_one_counted_skip(tmp_path):
+    qa = tmp_path / "QA_information" / "Open-access"
+    qa.mkdir(parents=True)
+    (qa / "Garbage.json").write_bytes(b"\xff\xfe not json \x81 at all")
+    (qa / "Dict.json").write_text('{"not": "a list"}')
+    res = load_omnimedvqa(tmp_path)
+    assert res.records == [] and res.skipped == {"malformed_json": 2} and not res.warnings
 
 
 def test_medr1_one_and_five_options_are_counted_skips(tmp_path):

@@ -16,13 +16,15 @@ Two on-disk layouts are understood (see ``DESIGN.md`` §4):
 
 The loader never raises on one bad record: every item that does not become a record is counted in
 :attr:`LoadResult.skipped` under a short reason, with the first few messages (naming file and item)
-kept in :attr:`LoadResult.examples`.
+kept in :attr:`LoadResult.examples`. A JSON file in a legacy 8-bit encoding (not UTF-8/16/32) is read item
+by item all the same, and counted once in :attr:`LoadResult.warnings` (``non_utf8_json``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +57,8 @@ __all__ = [
     "parse_problem",
     "parse_solution",
 ]
+
+log = logging.getLogger(__name__)
 
 LAYOUTS: tuple[str, ...] = ("raw", "medr1")
 AXES: tuple[str, ...] = ("modality", "question_type")
@@ -157,6 +161,10 @@ class LoadResult:
         filtered: reason (``split``/``modality``/``question_type``) -> items left out on purpose by
             the caller's filters; kept apart from ``skipped`` because they are not data problems.
         truncated: True when ``limit`` stopped the scan early (later items were not examined).
+        warnings: reason -> number of files (or items) loaded despite a problem worth a look, e.g.
+            ``non_utf8_json`` (a file decoded from a legacy 8-bit encoding); not skips: their items are
+            in ``records`` or ``skipped`` like any other's.
+        warning_examples: reason -> the first :data:`MAX_EXAMPLES` warning messages (also logged).
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -165,6 +173,8 @@ class LoadResult:
     layout: str = ""
     filtered: Counter[str] = field(default_factory=Counter)
     truncated: bool = False
+    warnings: Counter[str] = field(default_factory=Counter)
+    warning_examples: dict[str, list[str]] = field(default_factory=dict)
 
     def skip(self, reason: str, message: str) -> None:
         """Count one skipped item under ``reason`` and keep ``message`` if it is among the first few."""
@@ -172,6 +182,14 @@ class LoadResult:
         kept = self.examples.setdefault(reason, [])
         if len(kept) < MAX_EXAMPLES:
             kept.append(message)
+
+    def warn(self, reason: str, message: str) -> None:
+        """Count one loaded-with-a-caveat file or item under ``reason``, keep ``message``, and log it."""
+        self.warnings[reason] += 1
+        kept = self.warning_examples.setdefault(reason, [])
+        if len(kept) < MAX_EXAMPLES:
+            kept.append(message)
+        log.warning("OmniMedVQA: %s", message)
 
     @property
     def n_skipped(self) -> int:
@@ -345,7 +363,9 @@ def load_omnimedvqa(
 
     Use only the known axis for cross-modality / cross-task protocols.
 
-    Skip reasons: ``missing_field``, ``malformed_record``, ``malformed_json`` (once per file),
+    Skip reasons: ``missing_field``, ``malformed_record``, ``malformed_json`` (once per file: not JSON, or
+    not a list; a file that is JSON in a legacy 8-bit encoding is read, item by item, and counted under
+    :attr:`LoadResult.warnings` ``non_utf8_json`` instead),
     ``unknown_modality``, ``unknown_question_type``, ``answer_not_in_options``, ``duplicate_id`` (the
     first accepted record with an id wins), ``missing_image``, ``unreadable_image`` (also truncated
     JPEGs and images past PIL's decompression-bomb limit), ``bad_option_count`` (more than 4 options),
@@ -414,23 +434,68 @@ def load_omnimedvqa(
 _Candidate = tuple[dict[str, Any], str, str]
 
 
-def _read_json_list(path: Path, rel: str, result: LoadResult) -> list[Any] | None:
-    """The JSON list in ``path``, or None after counting ``malformed_json`` once for the file."""
+def _decode_json(raw: bytes) -> tuple[Any, str | None, UnicodeDecodeError | None]:
+    """``(data, legacy encoding or None, the UTF-8 error)`` of a JSON file's bytes.
+
+    ``json.loads`` of bytes reads UTF-8 (with or without a byte-order mark), UTF-16 and UTF-32. A file in none
+    of them is almost always an 8-bit legacy encoding: Windows tools write cp1252 for European text, whose
+    printable range is a superset of Latin-1's; the 5 byte values cp1252 leaves undefined fall back to Latin-1,
+    which decodes every byte. JSON's structure (brackets, keys, numbers) is ASCII in all of them, so every item
+    parses exactly; only non-ASCII characters in its strings depend on the guess. Raises
+    :class:`json.JSONDecodeError` for text that is not JSON.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        result.skip("malformed_json", f"{rel}: not valid JSON ({e}); the whole file is skipped")
-        return None
+        return json.loads(raw), None, None
+    except UnicodeDecodeError as err:
+        utf8_error = err
+    for encoding in ("cp1252", "latin-1"):
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        return json.loads(text), encoding, utf8_error
+    raise AssertionError("unreachable: latin-1 decodes every byte")  # pragma: no cover
+
+
+def _non_ascii_items(items: list[Any]) -> int:
+    """Items holding a non-ASCII character anywhere (the ones an encoding guess can change)."""
+    return sum(not json.dumps(item, ensure_ascii=False).isascii() for item in items)
+
+
+def _read_json_list(path: Path, rel: str, result: LoadResult) -> tuple[list[Any] | None, str | None]:
+    """``(the JSON list in path, legacy encoding or None)``; ``(None, None)`` after counting ``malformed_json``
+    once for the file.
+
+    A file that is not UTF-8/16/32 is decoded as cp1252 (Latin-1 where cp1252 has no character, see
+    :func:`_decode_json`) and its items are handled one by one like any other's, so its good items load; the
+    file is counted once under :attr:`LoadResult.warnings` ``non_utf8_json`` with a message naming it, the
+    encoding used and how many items hold non-ASCII text (which may be misread if the guess is wrong), and its
+    records say ``provenance["encoding"]``.
+    """
+    try:
+        raw = path.read_bytes()
     except OSError as e:
         result.skip("malformed_json", f"{rel}: cannot be read ({e}); the whole file is skipped")
-        return None
+        return None, None
+    try:
+        data, encoding, utf8_error = _decode_json(raw)
+    except json.JSONDecodeError as e:
+        result.skip("malformed_json", f"{rel}: not valid JSON ({e}); the whole file is skipped")
+        return None, None
     if not isinstance(data, list):
         result.skip(
             "malformed_json", f"{rel}: top level is {type(data).__name__}, expected a list; file skipped"
         )
-        return None
-    return data
+        return None, None
+    if encoding is not None:
+        n_text = _non_ascii_items(data)
+        result.warn(
+            "non_utf8_json",
+            f"{rel}: not UTF-8 ({utf8_error.reason} at byte {utf8_error.start}); decoded as {encoding}: "
+            f"{len(data)} items read one by one, {n_text} of them with non-ASCII text that is right only if the "
+            f"file really is {encoding} (re-save it as UTF-8 to be sure)",
+        )
+    return data, encoding
 
 
 def _text(value: Any) -> str:
@@ -449,7 +514,7 @@ def _raw_candidates(root: Path, result: LoadResult) -> Iterator[_Candidate]:
         raise FileNotFoundError(f"no <Dataset>.json files in {qa_dir}")
     for path in files:
         rel = path.relative_to(root).as_posix()
-        items = _read_json_list(path, rel, result)
+        items, encoding = _read_json_list(path, rel, result)
         if items is None:
             continue
         for i, item in enumerate(items):
@@ -462,6 +527,8 @@ def _raw_candidates(root: Path, result: LoadResult) -> Iterator[_Candidate]:
             except RecordError as e:  # the message already names file, item and id
                 result.skip(e.reason, str(e))
                 continue
+            if encoding is not None:
+                cand[0]["provenance"]["encoding"] = encoding
             yield cand
 
 
@@ -644,11 +711,11 @@ def _medr1_candidates(root: Path, axis: str, result: LoadResult) -> Iterator[_Ca
             known = _medr1_attribute(path.stem, axis)
         except RecordError as e:
             # Every item of the file is lost: count them all so the totals add up.
-            items = _read_json_list(path, rel, result)
+            items, _ = _read_json_list(path, rel, result)
             for i in range(len(items or [])):
                 result.skip(e.reason, f"{rel} item {i}: file name does not name a known {axis}: {e}")
             continue
-        items = _read_json_list(path, rel, result)
+        items, encoding = _read_json_list(path, rel, result)
         if items is None:
             continue
         for i, item in enumerate(items):
@@ -720,6 +787,7 @@ def _medr1_candidates(root: Path, axis: str, result: LoadResult) -> Iterator[_Ca
                     "image_path": image_rel,
                     "known_axis": axis,
                     "guessed": {other: how},
+                    **({"encoding": encoding} if encoding is not None else {}),
                 },
             }
             yield rec, where, image_rel
