@@ -52,3 +52,19 @@ def test_grayscale_rgba_and_16_bit_images_are_converted(processor):
             Image.fromarray((np.arange(56 * 56).reshape(56, 56) * 20).astype(np.uint16))]
     batch = ChatCollator(processor)([{**vqa_item(rec, ""), "image": im} for im in imgs])
     assert batch["pixel_values"].shape[0] == 3 * 16
+
+
+@pytest.mark.parametrize("style", ["verify", "answer"])
+def test_pretraining_option_reading_labels_the_conclusion_and_letter_only(processor, style):
+    from medgr2.data.prompting import split_rationale
+    from medgr2.pipeline.pretrain import pretrain_item
+
+    cfg = SynthMedConfig(rationale=style)
+    recs = [make_item(cfg, "pretrain", i) for i in (1, 3, 5, 7, 9)]  # odd indices: option-reading items
+    batch = ChatCollator(processor)([pretrain_item(r) for r in recs])
+    tok = processor.tokenizer
+    for i, r in enumerate(recs):
+        labelled = tok.decode(batch["labels"][i][batch["labels"][i] != IGNORE])
+        conclusion = split_rationale(r["rationale"])[1] if style == "verify" else ""
+        assert labelled == f"{conclusion}</think><answer>{r['answer']}</answer><|im_end|>"
+        assert tok.decode(batch["input_ids"][i, int(batch["letter_pos"][i])]) == r["answer"]

@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from medgr2.data.schema import RecordError, index_of
+from medgr2.data.prompting import restyle_rationale
+from medgr2.data.schema import LETTERS, RecordError, index_of
 from medgr2.generation import (
     DEFAULT_DEFECT_RATES,
     DEFECT_KINDS,
@@ -56,6 +57,10 @@ def test_defect_rates_match_config_within_sampling_error():
     assert abs(counts[None] - n * clean) <= 4 * math.sqrt(n * clean * (1 - clean))
 
 
+def restyled(src, rec, true_idx):
+    return restyle_rationale(src["rationale"], list(rec["options"]), true_idx)
+
+
 def test_each_defect_does_what_it_says():
     requests = _requests(25)
     results = SimulatedBackend(seed=5).with_pool(SOURCES).generate(requests)
@@ -74,16 +79,20 @@ def test_each_defect_does_what_it_says():
         assert json.loads(rec["provenance"]).get("defect") == res.defect
         assert sorted(rec["options"]) == sorted(src["options"]) or res.defect == "mismatched_question"
         letters[rec["answer"]] += 1
+        # The findings are the source's; the per-option checks follow the reshuffled options and still
+        # conclude at the true answer (a wrong_answer item's letter then contradicts its own rationale).
+        true_idx = rec["options"].index(truth) if truth in rec["options"] else -1
         if res.defect is None:
             assert rec["answer_text"] == truth and rec["question"] == src["question"]
-            assert rec["rationale"] == src["rationale"]
+            assert rec["rationale"] == restyled(src, rec, true_idx)
         elif res.defect == "wrong_answer":
-            assert rec["answer_text"] != truth and rec["rationale"] == src["rationale"]
+            assert rec["answer_text"] != truth
+            assert rec["rationale"] == restyled(src, rec, true_idx)
+            assert rec["rationale"].endswith(f"{LETTERS[true_idx]}) {truth}? yes.")
         elif res.defect == "incoherent_rationale":
             assert rec["answer_text"] == truth
-            words = rec["rationale"].split()
-            assert len(words) <= max(1, len(src["rationale"].split()) // 2)
-            assert set(words) <= set(src["rationale"].split())
+            words, full = rec["rationale"].split(), restyled(src, rec, true_idx).split()
+            assert len(words) <= max(1, len(full) // 2) and set(words) <= set(full)
         elif res.defect == "mismatched_question":
             other = [s for s in SOURCES if s["question"] == rec["question"] and s["id"] != src["id"]]
             assert other and (rec["question"], rec["answer_text"]) != (src["question"], truth)

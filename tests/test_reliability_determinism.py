@@ -65,5 +65,7 @@ def test_two_cpu_sft_runs_with_the_same_seed_give_identical_metrics(make_cfg, tm
     assert "test/acc" in first and first == second  # exactly equal, every metric
     preds = [(tmp_path / d / "predictions.jsonl").read_text() for d in ("a", "b")]
     assert preds[0] == preds[1] and preds[0]
-    other = run(make_cfg(*SFT, "seed=1", f"paths.output_dir={tmp_path / 'c'}"))
-    assert other != first  # and the seed is really used
+    run(make_cfg(*SFT, "seed=1", f"paths.output_dir={tmp_path / 'c'}"))
+    # and the seed is really used: other data order, other weights, other completions (the metrics of a
+    # 4-step model can coincide: all zero when nothing parses)
+    assert (tmp_path / "c" / "predictions.jsonl").read_text() != preds[0]

@@ -87,7 +87,7 @@ def test_regressor_fit_lowers_mse_and_changes_parameters(shared_cache, graded_ro
     targets = [r["target"] for r in graded_rows]
     mean = sum(targets) / len(targets)
     std = (sum((t - mean) ** 2 for t in targets) / len(targets)) ** 0.5
-    module = RewardRegressor(tiny_spec(shared_cache), lr=3e-3, head_lr=1e-2, warmup_steps=0, total_steps=40,
+    module = RewardRegressor(tiny_spec(shared_cache), lr=3e-3, head_lr=1e-2, warmup_steps=0, total_steps=80,
                              head_hidden=32, target_mean=mean, target_std=std, pooling="last_mean")
     batch = RewardCollator(module.processor)(items_of(graded_rows))
     target = batch["target"]
@@ -102,7 +102,7 @@ def test_regressor_fit_lowers_mse_and_changes_parameters(shared_cache, graded_ro
     assert mse0 == pytest.approx(std**2, rel=1e-4)  # zero-initialised last layer: every score = the mean
     opt = module.configure_optimizers()["optimizer"]
     module.train()
-    for _ in range(40):
+    for _ in range(80):
         opt.zero_grad()
         z = module.forward_normalized(batch)  # (B,)
         loss = torch.mean((z - (target - module.target_mean) / module.target_std) ** 2)

@@ -73,3 +73,33 @@ def test_no_lesion_images_have_no_lesion_colour_blob():
         img = np.asarray(render({**truth, "difficulty": 0.0}, CFG)).astype(float)
         for rgb in COLOURS.values():
             assert (np.linalg.norm(img - np.array(rgb, float), axis=-1) < 25).sum() < 10
+
+
+def test_verify_rationales_check_options_in_order_up_to_the_answer():
+    from medgr2.data.schema import LETTERS, index_of
+
+    for i in range(40):
+        rec = make_item(CFG, "train", i)
+        answer, checks = rec["rationale"].split(" Answer: ")[1].split(" Check: ")
+        k = index_of(rec["answer"])
+        assert answer == f"{rec['answer_text']}."
+        expected = [f"{LETTERS[j]}) {rec['options'][j]}? {'yes' if j == k else 'no'}." for j in range(k + 1)]
+        assert checks == " ".join(expected)
+
+
+def test_answer_style_rationales_state_the_answer_text():
+    rec = make_item(SynthMedConfig(rationale="answer"), "train", 4)
+    assert rec["rationale"].endswith(f"The answer is {rec['answer_text']}.") and "Check:" not in rec["rationale"]
+
+
+def test_landmarks_mark_the_left_and_top_edges_and_no_lesion_covers_them():
+    from medgr2.data.synthmed import LANDMARK
+
+    for i in range(30):
+        truth = {**sample_truth(CFG, "test", i), "lesion": True, "size": "large", "difficulty": 0.0}
+        img = np.asarray(render(truth, CFG)).astype(float)
+        near = np.linalg.norm(img - np.array(LANDMARK, float), axis=-1) < 40  # (H, W)
+        assert near[:, :2].mean() > 0.9 and near[:2, :].mean() > 0.9  # left and top edge lines
+        assert near[2:, 2:].mean() < 0.02  # nowhere else, and the lesion never sits on them
+    plain = np.asarray(render(sample_truth(CFG, "test", 0), SynthMedConfig(landmarks=False))).astype(float)
+    assert (np.linalg.norm(plain - np.array(LANDMARK, float), axis=-1) < 40)[:, :2].mean() < 0.1

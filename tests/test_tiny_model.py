@@ -103,3 +103,12 @@ def test_four_bit_on_cpu_fails_with_a_clear_message(tiny):
         pytest.skip("4-bit is allowed on GPU")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         load_vlm({**SPEC, "cache_dir": str(cache), "quantization": "4bit"})
+
+
+def test_rope_sections_follow_the_head_size_and_a_wrong_one_is_a_clear_error():
+    from medgr2.models.tiny import TinyVLMSpec
+
+    assert TinyVLMSpec().rope_sections() == [2, 3, 3]  # head_dim 16
+    assert sum(TinyVLMSpec(hidden_size=96).rope_sections()) == 12
+    with pytest.raises(ValueError, match="must sum to head_dim/2 = 12"):
+        TinyVLMSpec(hidden_size=96, mrope_section=[2, 3, 3]).rope_sections()

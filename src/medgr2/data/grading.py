@@ -73,7 +73,8 @@ STOPWORDS: frozenset[str] = frozenset(
     """.split()
 )
 # Words that are part of the response format or the option labels, whatever their case.
-PROTECTED_WORDS: frozenset[str] = frozenset({"think", "answer", "option", "options", *LETTERS.lower()})
+PROTECTED_WORDS: frozenset[str] = frozenset({"think", "answer", "option", "options", "check", "yes",
+                                             *LETTERS.lower()})
 
 _RESPONSE_RE = re.compile(r"^\s*<think>(.*)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
 _TAG_RE = re.compile(r"<[^<>]*>")

@@ -43,6 +43,57 @@ def response_text(rationale: str | None, answer_letter: str, think: bool = True)
     return f"<answer>{answer_letter}</answer>"
 
 
+#: Rationale styles. ``verify`` states the answer in words, then checks every option up to the chosen one
+#: ("Answer: red. Check: A) green? no. B) red? yes."): the letter is then the last one the response wrote, and
+#: each verdict compares an option with the stated answer a few tokens back — not a look-up of answer text in the
+#: prompt's option list, the step a tiny model could not learn (measured, README "SFT per question type").
+#: ``answer`` ends with "The answer is <text>." (the first sessions' format).
+RATIONALE_STYLES: tuple[str, ...] = ("verify", "answer")
+ANSWER_MARK = " Answer: "
+CHECK_MARK = " Check: "
+
+
+def rationale_text(findings: str, options: list[str], answer_idx: int, style: str = "verify") -> str:
+    """What the image shows, then the conclusion in ``style`` (see :data:`RATIONALE_STYLES`).
+
+    >>> rationale_text("CT image. lesion: large red.", ["green", "red", "blue"], 1)
+    'CT image. lesion: large red. Answer: red. Check: A) green? no. B) red? yes.'
+    >>> rationale_text("CT image.", ["MRI", "CT"], 1, style="answer")
+    'CT image. The answer is CT.'
+    """
+    if style == "answer":
+        return f"{findings} The answer is {options[answer_idx]}."
+    if style != "verify":
+        raise ValueError(f"unknown rationale style {style!r}; known: {', '.join(RATIONALE_STYLES)}")
+    checks = " ".join(f"{LETTERS[i]}) {options[i]}? {'yes' if i == answer_idx else 'no'}."
+                      for i in range(answer_idx + 1))
+    return f"{findings}{ANSWER_MARK}{options[answer_idx]}.{CHECK_MARK}{checks}"
+
+
+def split_rationale(rationale: str) -> tuple[str, str]:
+    """``(findings, conclusion)`` of a rationale made by :func:`rationale_text`; other text is all findings.
+
+    >>> split_rationale("CT image. Answer: CT. Check: A) CT? yes.")
+    ('CT image.', ' Answer: CT. Check: A) CT? yes.')
+    """
+    for mark in (ANSWER_MARK, " The answer is "):
+        k = rationale.rfind(mark)
+        if k >= 0 and (mark != ANSWER_MARK or CHECK_MARK in rationale[k:]):
+            return rationale[:k], rationale[k:]
+    return rationale, ""
+
+
+def restyle_rationale(rationale: str, options: list[str], answer_idx: int) -> str:
+    """The same findings with the conclusion rewritten for ``options`` / ``answer_idx`` (after a reshuffle),
+    in the style the rationale had; a rationale without a recognised conclusion is returned unchanged."""
+    findings, conclusion = split_rationale(rationale)
+    if conclusion.startswith(ANSWER_MARK):
+        return rationale_text(findings, options, answer_idx, "verify")
+    if conclusion:
+        return rationale_text(findings, options, answer_idx, "answer")
+    return rationale
+
+
 def chat_messages(rec: Mapping[str, Any], instruction: str = SHORT_INSTRUCTION) -> list[dict[str, Any]]:
     """A one-turn chat (image + text) in the ``apply_chat_template`` message format of Qwen-VL processors."""
     return [

@@ -27,8 +27,17 @@ from medgr2.data.schema import LETTERS, MODALITIES, QUESTION_TYPES, make_record
 SPLIT_CODES = {"pretrain": 11, "train": 23, "val": 37, "test": 53}
 
 SIZES = ("small", "medium", "large")
-GRADES = {"small": "grade 1 (small)", "medium": "grade 2 (medium)", "large": "grade 3 (large)"}
+# The size word comes first and as its own token, as in the findings ("lesion: medium red, ..."): comparing the
+# findings with an option is then a match of one token (measured: with "grade 2 (medium)" the tokenizer splits
+# off "medium" without its space, a different token, and Lesion Grading stayed at chance while size was read).
+GRADES = {"small": "small (grade 1)", "medium": "medium (grade 2)", "large": "large (grade 3)"}
 COLOURS = {"red": (230, 40, 40), "green": (40, 210, 60), "blue": (50, 80, 240), "yellow": (240, 220, 40)}
+# Anatomical landmarks: a line along the left edge and one along the top edge. Real images show where a lesion
+# is through the anatomy around it; Qwen2.5-VL's vision tower has no absolute position embedding (rotary only),
+# so without them an image token's content says nothing about where it is, and a 2-layer model read the
+# quadrant at chance (measured: 0.23-0.28 with 4 quadrants) while reading size and colour at 0.8-0.9.
+LANDMARK = (0, 230, 230)
+LANDMARK_WIDTH = 2
 QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
 FINDINGS = ("no abnormality", "lesion present")
 
@@ -67,6 +76,8 @@ class SynthMedConfig:
     n_test: int = 1000
     radius: tuple[float, float, float] = (3.0, 5.5, 8.5)  # small / medium / large, pixels at 56 px
     max_difficulty: float = 1.0
+    rationale: str = "verify"  # see medgr2.data.prompting.RATIONALE_STYLES
+    landmarks: bool = True  # left and top edge lines that make the lesion's position readable (see LANDMARK)
 
     def fingerprint(self) -> str:
         """Stable short hash of the config (the cache key of built datasets)."""
@@ -177,11 +188,18 @@ def render(truth: dict[str, Any], cfg: SynthMedConfig) -> Image.Image:
     else:  # flat
         img[:] = np.array(base, np.float32)
 
+    edge = 0
+    if cfg.landmarks:
+        edge = max(1, round(LANDMARK_WIDTH * s / 56.0))
+        img[:, :edge] = LANDMARK  # left
+        img[:edge, :] = LANDMARK  # top
+
     if truth["lesion"]:
         radius = cfg.radius[SIZES.index(truth["size"])] * s / 56.0
         q = QUADRANTS.index(truth["quadrant"])
-        # Centre inside its quadrant with jitter, never across the midline (side/level stay unambiguous).
-        margin = radius + 1.0
+        # Centre inside its quadrant with jitter, never across the midline (side/level stay unambiguous) and
+        # never over a landmark.
+        margin = radius + 1.0 + edge
         lo, hi = margin, s / 2 - 1.5
         cx = rng.uniform(lo, max(lo, hi - 0.0)) if q % 2 == 0 else s - rng.uniform(lo, max(lo, hi))
         cy = rng.uniform(lo, max(lo, hi)) if q < 2 else s - rng.uniform(lo, max(lo, hi))
@@ -229,12 +247,15 @@ def _question_and_classes(truth: dict[str, Any]) -> tuple[str, list[str], str]:
     return "In which quadrant is the lesion?", list(QUADRANTS), quadrant
 
 
-def make_qa(truth: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+def make_qa(truth: dict[str, Any], rng: np.random.Generator | None = None, style: str = "verify") -> dict[str, Any]:
     """Question, shuffled options, answer letter, answer text and rationale for a ground truth.
 
     The correct option lands at ``truth['answer_pos']``; distractors and their order come from ``rng``
-    (seeded from the truth when not given).
+    (seeded from the truth when not given). ``style``: how the rationale concludes
+    (:data:`medgr2.data.prompting.RATIONALE_STYLES`).
     """
+    from medgr2.data.prompting import rationale_text
+
     rng = rng or np.random.default_rng(truth["image_seed"] + 1)
     question, classes, answer_text = _question_and_classes(truth)
     n_opts = {2: 2, 3: 3}.get(len(classes), 4)
@@ -242,7 +263,7 @@ def make_qa(truth: dict[str, Any], rng: np.random.Generator | None = None) -> di
     picked = [distractors[i] for i in rng.permutation(len(distractors))[: n_opts - 1]]
     options = picked[: truth["answer_pos"]] + [answer_text] + picked[truth["answer_pos"] :]
     letter = LETTERS[truth["answer_pos"]]
-    rationale = f"{describe(truth)} The answer is {answer_text}."
+    rationale = rationale_text(describe(truth), options, truth["answer_pos"], style)
     return {"question": question, "options": options, "answer": letter, "answer_text": answer_text,
             "rationale": rationale}
 
@@ -250,7 +271,7 @@ def make_qa(truth: dict[str, Any], rng: np.random.Generator | None = None) -> di
 def make_item(cfg: SynthMedConfig, split: str, index: int) -> dict[str, Any]:
     """One complete schema record (image included) of the benchmark."""
     truth = sample_truth(cfg, split, index)
-    qa = make_qa(truth)
+    qa = make_qa(truth, style=cfg.rationale)
     return make_record(
         id=f"synthmed-{split}-{index:06d}",
         image=render(truth, cfg),
@@ -271,7 +292,7 @@ def tokenizer_corpus(cfg: SynthMedConfig | None = None, n: int = 4000) -> list[s
     texts: list[str] = list(INSTRUCTIONS.values())
     for i in range(n):
         truth = sample_truth(cfg, "pretrain", i)
-        qa = make_qa(truth)
+        qa = make_qa(truth, style=cfg.rationale)
         texts.append(user_text(qa, ""))
         texts.append(response_text(qa["rationale"], qa["answer"]))
         texts.append(f"<desc>{describe(truth)}</desc>")

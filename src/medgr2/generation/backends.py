@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from medgr2.data.prompting import restyle_rationale
 from medgr2.data.schema import LETTERS, index_of
 from medgr2.generation._util import derive_seed, stable_hash
 from medgr2.generation.prompts import RESPONSE_FIELDS
@@ -202,6 +203,8 @@ class SimulatedBackend:
         rng.shuffle(perm)
         options = [options[p] for p in perm]
         answer_idx = perm.index(answer_idx)
+        # A rationale that checks the options one by one names their letters: follow the new order.
+        rationale = restyle_rationale(rationale, options, answer_idx)
         if defect == "wrong_answer":
             answer_idx = rng.choice([i for i in range(len(options)) if i != answer_idx])
         elif defect == "incoherent_rationale":

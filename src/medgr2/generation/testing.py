@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from medgr2.data.prompting import rationale_text
 from medgr2.data.schema import LETTERS, MODALITIES, make_record
 
 _ITEMS: tuple[tuple[str, str, list[str]], ...] = (
@@ -56,7 +57,8 @@ def toy_sources(n: int, seed: int = 0, size: int = 16) -> list[dict[str, Any]]:
                 question=question,
                 options=options,
                 answer=LETTERS[answer],
-                rationale=f"The image clearly shows {options[answer].lower()} features at the marked region.",
+                rationale=rationale_text(f"The image clearly shows {options[answer].lower()} features at the "
+                                         "marked region.", options, answer),
                 modality=MODALITIES[i % len(MODALITIES)],
                 question_type=qtype,
                 dataset="toy",

@@ -10,7 +10,7 @@ rest of the code loads the tiny model through the same ``from_pretrained`` path 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,7 +87,22 @@ class TinyVLMSpec:
     vocab_size: int = 512
     max_position_embeddings: int = 1024
     seed: int = 0
-    mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])
+    # M-RoPE frequency pairs for (time, height, width); they must sum to head_dim / 2. None: derived in
+    # Qwen2.5-VL's proportions (1/4 time, the rest split between height and width): [2, 3, 3] at head_dim 16.
+    mrope_section: list[int] | None = None
+
+    def rope_sections(self) -> list[int]:
+        """The M-RoPE sections for this size (``mrope_section`` checked, or derived when None)."""
+        half = self.hidden_size // self.num_heads // 2
+        if self.mrope_section is not None:
+            if sum(self.mrope_section) != half:
+                raise ValueError(f"tiny.mrope_section {list(self.mrope_section)} must sum to head_dim/2 = {half} "
+                                 f"(hidden_size {self.hidden_size} / num_heads {self.num_heads} / 2); "
+                                 "leave it null to derive it")
+            return list(self.mrope_section)
+        t = half // 4
+        h = (half - t) // 2
+        return [t, h, half - t - h]
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -140,7 +155,7 @@ def build_tiny_vlm(spec: TinyVLMSpec, corpus: Iterable[str], out_dir: str | Path
             "num_attention_heads": spec.num_heads,
             "num_key_value_heads": spec.num_kv_heads,
             "max_position_embeddings": spec.max_position_embeddings,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": spec.mrope_section},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": spec.rope_sections()},
             "bos_token_id": ids("<|endoftext|>"),
             "eos_token_id": ids("<|im_end|>"),
             "pad_token_id": ids("<|endoftext|>"),

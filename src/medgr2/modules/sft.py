@@ -15,7 +15,7 @@ from medgr2.data.collate import model_inputs
 from medgr2.models.factory import ModelSpec, count_parameters, load_vlm
 from medgr2.modules import sharding
 from medgr2.modules.optim import adamw_warmup_cosine
-from medgr2.rl.lm_loss import answer_nll, letter_stats
+from medgr2.rl.lm_loss import answer_nll, choice_token_stats, letter_stats
 
 
 class VLMModule(L.LightningModule):
@@ -83,17 +83,28 @@ class VLMModule(L.LightningModule):
 
 
 class SFTPolicy(VLMModule):
-    """Supervised fine-tuning on chat items; logs the whole-answer loss and the answer-letter loss/accuracy."""
+    """Supervised fine-tuning on chat items; logs the whole-answer loss, the answer-letter loss/accuracy and,
+    for verify rationales, the loss/accuracy of the per-option yes/no verdicts (``check_acc``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        tok = self.processor.tokenizer
+        ids = [tok.encode(w, add_special_tokens=False) for w in (" yes", " no")]
+        # Only when both verdicts are single tokens (the tiny tokenizer's and Qwen's are).
+        self.check_ids = torch.tensor([i[0] for i in ids]) if all(len(i) == 1 for i in ids) else None
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self.model(**model_inputs(batch)).logits  # (B, T, V)
         loss = answer_nll(logits, batch["labels"])
         stats = letter_stats(logits, batch["input_ids"], batch["letter_pos"], batch["letter_ids"])
+        if self.check_ids is not None:
+            stats.update(choice_token_stats(logits, batch["labels"], self.check_ids.to(logits.device)))
         bs = batch["input_ids"].shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
         for k, v in stats.items():
             if not torch.isnan(v):
-                self.log(f"{stage}/{k}", v, prog_bar=k == "letter_acc", batch_size=bs, sync_dist=stage != "train")
+                self.log(f"{stage}/{k}", v, prog_bar=k in ("letter_acc", "check_acc"), batch_size=bs,
+                         sync_dist=stage != "train")
         return loss
 
     def training_step(self, batch, batch_idx):

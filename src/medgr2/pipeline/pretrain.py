@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from medgr2.data.collate import ChatCollator
-from medgr2.data.prompting import user_text
+from medgr2.data.prompting import split_rationale, user_text
 from medgr2.data.synthmed import describe
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
@@ -41,8 +41,13 @@ def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, An
     if truth["index"] % 2 == 0:
         return {"image": rec["image"], "prompt": DESCRIBE_PROMPT, "prefix": "",
                 "target": f"<think>{describe(truth)}</think>"}
-    return {"image": rec["image"], "prompt": user_text(rec, instruction),
-            "prefix": f"<think>{rec['rationale']}</think>", "target": f"<answer>{rec['answer']}</answer>"}
+    # The findings are given; the model learns the rest: the per-option checks (or "The answer is …") and
+    # the letter. The ``answer`` style has only the letter to learn, as before.
+    findings, conclusion = split_rationale(rec["rationale"])
+    if conclusion.startswith(" The answer is"):
+        findings, conclusion = rec["rationale"], ""
+    return {"image": rec["image"], "prompt": user_text(rec, instruction), "prefix": f"<think>{findings}",
+            "target": f"{conclusion}</think><answer>{rec['answer']}</answer>"}
 
 
 def base_key(cfg: DictConfig) -> str:

@@ -46,3 +46,23 @@ def letter_stats(logits: torch.Tensor, input_ids: torch.Tensor, letter_pos: torc
         "letter_loss": F.cross_entropy(scores, target),
         "letter_acc": (scores.argmax(dim=1) == target).float().mean(),
     }
+
+
+def choice_token_stats(logits: torch.Tensor, labels: torch.Tensor, choice_ids: torch.Tensor,
+                       prefix: str = "check") -> dict[str, torch.Tensor]:
+    """Teacher-forced loss and accuracy on the labelled tokens that are one of ``choice_ids``, restricted to them.
+
+    With verify rationales (``A) red? no. B) blue? yes.``) the letter is a copy of the last checked one, so
+    the letter accuracy is ~1 from the start; the yes/no verdicts carry the decision and are what this measures.
+    logits: (B, T, V); labels: (B, T) with -100 outside the target; choice_ids: (C,) e.g. the ids of " yes",
+    " no". NaN values when no labelled token is a choice.
+    """
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t+1
+    sel = torch.isin(shift_labels, choice_ids)  # (B, T-1)
+    if not bool(sel.any()):
+        nan = torch.tensor(float("nan"), device=logits.device)
+        return {f"{prefix}_loss": nan, f"{prefix}_acc": nan}
+    scores = shift_logits[sel][:, choice_ids].float()  # (M, C)
+    target = (shift_labels[sel].unsqueeze(1) == choice_ids.unsqueeze(0)).float().argmax(dim=1)  # (M,)
+    return {f"{prefix}_loss": F.cross_entropy(scores, target),
+            f"{prefix}_acc": (scores.argmax(dim=1) == target).float().mean()}
