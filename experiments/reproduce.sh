@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds every result the README reports on the embedded default (tiny VLM, SynthMed, simulated generator),
-# in the order the products depend on each other, then the report. Runs on CPU; on 2 cores it takes about
-# three hours (the steps print their own progress). Each command is an ordinary `python train.py ...` you can
+# in the order the products depend on each other, then the report. Runs on CPU; on 2 cores it takes under an
+# hour, plus ~15 minutes for the pretrained base the first time (the steps print their own progress). Each command is an ordinary `python train.py ...` you can
 # also run alone; finished products are cached (.cache/medgr2/) and reused, so a rerun skips what exists.
 #
 #   bash experiments/reproduce.sh            # everything
@@ -35,8 +35,8 @@ fi
 if step pool; then say "the shared 11,000-image candidate pool and its scores (built once, used by every K)"
   $PY train.py experiment=topk k=1000 cpu_threads=1
 fi
-if step fig2; then say "Figure 2: TopK / RandK / TopK+GRPO at K = 1k..8k, and Rand-all"
-  $PY train.py -m $PAR experiment=topk,randk,topk_grpo k=1000,2000,4000,8000
+if step fig2; then say "Figure 2: TopK / RandK / TopK+GRPO / stratified TopK variants at K = 1k..8k, and Rand-all"
+  $PY train.py -m $PAR experiment=topk,randk,topk_grpo,topk_stratified,topk_balanced,topk_matched k=1000,2000,4000,8000
   $PY train.py experiment=rand_all cpu_threads=1
 fi
 if step fig4; then say "Figure 4: cross-modality and cross-task transfer"
@@ -45,5 +45,8 @@ if step fig4; then say "Figure 4: cross-modality and cross-task transfer"
 fi
 if step report; then say "tables and figures from MLflow -> $OUT"
   $PY -m medgr2.report --out "$OUT"
-  $PY -m medgr2.report.reward_figure --model "$(ls -td .cache/medgr2/reward/rm-* | head -1)" --out "$OUT"
+  # R_φ^0: the cached reward model of generation 0 (later generations are the loop's adaptations)
+  RM0=$($PY -c "import glob, json; print(next(d for d in sorted(glob.glob('.cache/medgr2/reward/rm-*'))
+    if json.load(open(d + '/reward_head.json'))['lineage']['generation'] == 0))")
+  $PY -m medgr2.report.reward_figure --model "$RM0" --out "$OUT"
 fi

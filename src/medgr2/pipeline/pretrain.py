@@ -1,9 +1,9 @@
 """The embedded world's base model: a short, cached pretraining of the tiny VLM on SynthMed.
 
-A random-init tiny VLM can *see* lesions within a minute but binding an answer to a shuffled option
-letter stalls for minutes (DESIGN.md §3). Real VLMs bring both skills from pretraining, so the tiny one
-gets a stand-in: descriptions of images and option-reading (find the letter of a stated answer), mixed
-throughout, on SynthMed's ``pretrain`` split — disjoint from every benchmark split. The result is cached by
+Real VLMs bring seeing and option-reading from pretraining; the tiny one gets a stand-in: descriptions of
+images, and the conclusion of a VQA response given its findings (with verify rationales: the stated answer,
+the per-option checks and the letter), mixed throughout, on SynthMed's ``pretrain`` split — disjoint from every
+benchmark split. The result is cached by
 a hash of the model, data and pretraining config and reused by every later stage and sweep job.
 """
 
@@ -32,7 +32,7 @@ DESCRIBE_PROMPT = "Describe the image."
 
 
 def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, Any]:
-    """Even indices: describe the image. Odd: read the letter of the answer stated in the rationale.
+    """Even indices: describe the image. Odd: from the findings, conclude (answer, option checks, letter).
 
     Both skills are slow for a random-init tiny VLM on 2 cores (measured: after 800 steps at batch 32 with
     one item in three describing, SFT from the base still misread colours and letters), so they are mixed
@@ -41,8 +41,8 @@ def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, An
     if truth["index"] % 2 == 0:
         return {"image": rec["image"], "prompt": DESCRIBE_PROMPT, "prefix": "",
                 "target": f"<think>{describe(truth)}</think>"}
-    # The findings are given; the model learns the rest: the per-option checks (or "The answer is …") and
-    # the letter. The ``answer`` style has only the letter to learn, as before.
+    # The findings are given; the model learns the rest: "Answer: …", the per-option checks and the letter.
+    # The ``answer`` style has only the letter to learn, as before.
     findings, conclusion = split_rationale(rec["rationale"])
     if conclusion.startswith(" The answer is"):
         findings, conclusion = rec["rationale"], ""
@@ -78,7 +78,7 @@ def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
 
 
 def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
-    """Train the tiny VLM on descriptions + option-reading and export it to ``out``."""
+    """Train the tiny VLM on descriptions + conclusions from given findings and export it to ``out``."""
     p = cfg.model.pretrain
     rows = load_split(cfg, "pretrain", limit=int(p.n_items))
     instruction = _instruction(cfg)

@@ -19,7 +19,8 @@ from medgr2.report.tables import FIG2_REFERENCE, FIG2_SERIES, TRANSITIONS
 
 SERIES_STYLE = {"RandK": ("tab:gray", "o", "--"), "TopK": ("tab:blue", "s", "-"),
                 "TopK+GRPO": ("tab:red", "^", "-"), "TopK (stratified)": ("tab:green", "D", ":"),
-                "TopK (type x answer)": ("tab:orange", "v", ":")}
+                "TopK (type x answer)": ("tab:orange", "v", ":"),
+                "TopK (type x answer x letter)": ("tab:purple", "P", "-")}
 TRANSITION_STYLE = {  # paper Figure 5 colours
     "correct_to_correct": ("Correct→Correct", "#2ca02c"),
     "wrong_to_correct": ("Wrong→Correct", "#1f77b4"),

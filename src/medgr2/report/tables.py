@@ -53,7 +53,7 @@ TABLE2_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 TABLE2_METRICS = (("Acc", "test/acc"), ("F1", "test/f1"), ("AUC", "test/auc"))
 # Figure 2 curves (recipe -> legend) and its horizontal reference line.
 FIG2_SERIES = {"randk": "RandK", "topk": "TopK", "topk_grpo": "TopK+GRPO", "topk_stratified": "TopK (stratified)",
-               "topk_balanced": "TopK (type x answer)"}
+               "topk_balanced": "TopK (type x answer)", "topk_matched": "TopK (type x answer x letter)"}
 FIG2_REFERENCE = ("rand_all", "Rand-all")
 # Figure 4: test axis -> (recipe, metric prefix, canonical group names, column title).
 TRANSFER_AXES = {
