@@ -138,7 +138,8 @@ def test_loop_killed_mid_iteration_resumes_at_the_step_it_stopped_in(tmp_path, s
         files = list(tmp_path.glob("outputs/loops/*/loop_state.json"))
         if files and "iter0/union" in json.loads(files[0].read_text())["steps"]:
             state_file = files[0]
-            if list(state_file.parent.glob("iter0/sft/checkpoints/*.ckpt")):
+            # last.ckpt is written after its step checkpoint is complete: the kill never lands inside a write
+            if (state_file.parent / "iter0/sft/checkpoints/last.ckpt").exists():
                 break
         time.sleep(0.2)
     assert proc.poll() is None, "the loop finished before it could be killed: " + proc.stdout.read()[-2000:]
@@ -247,3 +248,16 @@ def test_results_table_shows_accuracies_in_percent_and_missing_values_as_dashes(
     assert lines[1].split() == ["0", "100", "40", "48", "40.0", "45.0", "0.812"]
     assert lines[2].split() == ["1", "90", "-", "-", "-", "50.0", "-"]
     assert lines[-1] == "test baselines: chance 35.0"
+
+
+def test_the_resume_point_is_last_ckpt_else_the_newest_step_checkpoint(tmp_path):
+    from medgr2.pipeline.loop import last_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    assert last_checkpoint(tmp_path) is None
+    folder.mkdir()
+    for name in ("step2.ckpt", "step10.ckpt", "step4.ckpt", "stepX.ckpt"):
+        (folder / name).write_bytes(b"x")
+    assert last_checkpoint(tmp_path) == str(folder / "step10.ckpt")  # killed before last.ckpt was copied
+    (folder / "last.ckpt").write_bytes(b"x")
+    assert last_checkpoint(tmp_path) == str(folder / "last.ckpt")

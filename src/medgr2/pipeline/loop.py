@@ -18,6 +18,7 @@ iteration, and one nested run per executed step below it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,15 @@ def sub_config(cfg: DictConfig, stage: str | Mapping[str, Any], out: Path, **ove
 
 
 def last_checkpoint(out: Path) -> str | None:
-    """``<out>/checkpoints/last.ckpt`` when an interrupted training left one (resume point), else None."""
-    ckpt = out / "checkpoints" / "last.ckpt"
+    """The resume point an interrupted training left in ``<out>/checkpoints``, else None: ``last.ckpt``, or the
+    newest ``step<N>.ckpt`` when the run was killed after writing that but before copying it to ``last.ckpt``."""
+    folder = out / "checkpoints"
+    ckpt = folder / "last.ckpt"
     if not ckpt.exists():
-        return None
+        steps = [(int(m.group(1)), f) for f in folder.glob("step*.ckpt") if (m := re.fullmatch(r"step(\d+)\.ckpt", f.name))]
+        if not steps:
+            return None
+        ckpt = max(steps)[1]
     log.info("loop: resuming %s from its checkpoint %s", out.name, ckpt)
     return str(ckpt)
 
