@@ -25,6 +25,7 @@ from PIL import Image
 from medgr2.data.collate import to_rgb
 from medgr2.data.omnimedvqa import load_omnimedvqa, parse_problem
 from medgr2.data.schema import to_dataset
+from medgr2.data.stats import dataset_stats, format_stats
 from medgr2.generation._util import to_pil
 
 # ------------------------------------------------------------------------------------ the command line
@@ -260,6 +261,10 @@ def test_a_non_utf8_file_loads_its_good_items_and_is_one_counted_warning(odd):
     assert by_id["Odd/bom"]["question"] == "Größe?" and by_id["Odd/utf16"]["question"] == "病变?"
     assert enc["Odd/bom"] is None and enc["Odd/utf16"] is None
     assert "non_utf8_json" not in odd.examples  # warnings are not skips
+    # stage=inspect's tables show them, apart from the skips.
+    text = format_stats(dataset_stats(odd.records), odd.skipped, examples=odd.examples,
+                        warnings=odd.warnings, warning_examples=odd.warning_examples)
+    assert "Loaded with warnings: 2" in text and "decoded as cp1252" in text
 
 
 def test_a_file_that_is_not_json_is_still_one_counted_skip(tmp_path):

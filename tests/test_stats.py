@@ -123,6 +123,15 @@ def test_format_stats() -> None:
     ):
         assert needle in text, needle
     assert "Skipped" not in format_stats(dataset_stats(_records()))
+    assert "warnings" not in format_stats(dataset_stats(_records()), Counter())
+
+
+def test_format_stats_shows_load_warnings_apart_from_skips() -> None:
+    text = format_stats(dataset_stats(_records()), Counter(), warnings=Counter({"non_utf8_json": 2}),
+                        warning_examples={"non_utf8_json": ["QA/Latin.json: not UTF-8, decoded as cp1252"]})
+    assert "Skipped: 0" in text
+    assert "Loaded with warnings: 2" in text
+    assert "non_utf8_json" in text and "decoded as cp1252" in text
     assert "Records: 0" in format_stats(dataset_stats([]), Counter())
 
 

@@ -101,11 +101,28 @@ def _count_table(title: str, counts: Mapping[Any, int], key_name: str, total: in
     return table
 
 
+def _reason_table(title: str, counts: Mapping[str, int], examples: Mapping[str, list[str]] | None) -> Table:
+    """reason | n | first example, most frequent first."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("reason")
+    table.add_column("n", justify="right")
+    if examples:
+        table.add_column("first example", overflow="fold")
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        cells = [reason, str(n)]
+        if examples:
+            cells.append((examples.get(reason) or [""])[0])
+        table.add_row(*cells)
+    return table
+
+
 def format_stats(
     stats: Mapping[str, Any],
     skipped: Mapping[str, int] | None = None,
     *,
     examples: Mapping[str, list[str]] | None = None,
+    warnings: Mapping[str, int] | None = None,
+    warning_examples: Mapping[str, list[str]] | None = None,
     width: int = 120,
     max_datasets: int = 20,
 ) -> str:
@@ -115,6 +132,9 @@ def format_stats(
         stats: the dict returned by :func:`dataset_stats`.
         skipped: reason -> count of items that were not loaded (e.g. ``LoadResult.skipped``).
         examples: reason -> messages; the first one per reason is shown next to its count.
+        warnings: reason -> count of files or items loaded despite a problem (``LoadResult.warnings``,
+            e.g. ``non_utf8_json``); shown in their own table because nothing was lost.
+        warning_examples: reason -> messages, like ``examples``.
         width: text width of the rendering.
         max_datasets: show at most this many data sets (largest first), summing the rest.
 
@@ -154,16 +174,7 @@ def format_stats(
         console.print(_count_table("Data sets", shown, "dataset", total))
 
     if skipped is not None:
-        n_skipped = sum(skipped.values())
-        table = Table(title=f"Skipped: {n_skipped}", title_justify="left")
-        table.add_column("reason")
-        table.add_column("n", justify="right")
-        if examples:
-            table.add_column("first example", overflow="fold")
-        for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])):
-            cells = [reason, str(n)]
-            if examples:
-                cells.append((examples.get(reason) or [""])[0])
-            table.add_row(*cells)
-        console.print(table)
+        console.print(_reason_table(f"Skipped: {sum(skipped.values())}", skipped, examples))
+    if warnings:
+        console.print(_reason_table(f"Loaded with warnings: {sum(warnings.values())}", warnings, warning_examples))
     return console.export_text()
