@@ -226,6 +226,25 @@ def test_source_filter_accepts_aliases_and_names_a_bad_source(make_cfg):
         source_filter(make_cfg("source=PET-CT"))
 
 
+@pytest.mark.slow
+def test_loop_grpo_prompts_train_draws_grpo_prompts_from_the_labelled_train_split(make_cfg):
+    from medgr2.pipeline.common import load_split
+
+    cfg = make_cfg(*TINY_LOOP, "stage.iterations=1", "stage.grpo_prompts=train", "logger=none")
+    run(cfg)
+    state = json.loads((loop_dir(cfg) / "loop_state.json").read_text())
+    d_gen = set(datasets.load_from_disk(state["steps"]["iter0/union"]["outputs"]["train_data"])["id"])
+    audit = json.loads((loop_dir(cfg) / "iter0" / "grpo" / "grpo_ranks" / "rank0.json").read_text())
+    first_train = set(load_split(cfg, "train", limit=8)["id"])  # stage.grpo.train_size=8
+    assert audit["prompt_ids"] and set(audit["prompt_ids"]) <= first_train
+    assert not set(audit["prompt_ids"]) & d_gen
+
+
+def test_loop_refuses_an_unknown_grpo_prompt_source(make_cfg):
+    with pytest.raises(ValueError, match="stage.grpo_prompts='d_high': choose one of d_gen, train"):
+        run(make_cfg("stage=loop", "stage.grpo_prompts=d_high", "logger=none"))
+
+
 def test_loop_refuses_more_source_images_than_the_train_split_has(make_cfg):
     cfg = make_cfg("stage=loop", "stage.generate.n_sources=200", "stage.iterations=2", "logger=none")
     with pytest.raises(ValueError, match=r"needs 2 x 200 source images \+ 200 seed records = 600.*has 256"):

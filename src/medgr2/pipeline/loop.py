@@ -219,12 +219,17 @@ def results_table(rows: Sequence[Mapping[str, float]], baselines: Mapping[str, f
 # ============================================================================================ the loop
 
 
+GRPO_PROMPTS = ("d_gen", "train")
+
+
 class Loop:
     """One run of Algorithm 1 over ``cfg`` (see the module docstring)."""
 
     def __init__(self, cfg: DictConfig, tracker: Tracker):
         self.cfg, self.tracker, self.s = cfg, tracker, cfg.stage
         self.where = source_filter(cfg)
+        if str(cfg.stage.get("grpo_prompts", "d_gen")) not in GRPO_PROMPTS:
+            raise ValueError(f"stage.grpo_prompts={cfg.stage.grpo_prompts!r}: choose one of {', '.join(GRPO_PROMPTS)}")
         self.dir = loop_dir(cfg)
         self.state = LoopState(self.dir, loop_key(cfg))
 
@@ -352,7 +357,10 @@ class Loop:
             if grpo_on:
                 def grpo(tr: Tracker):
                     out = it_dir / "grpo"
-                    sub = sub_config(cfg, "grpo", out, train_data=train_data, init=policy, reward_model=rm_path,
+                    # d_gen: Algorithm 1's prompts; train: the benchmark's labelled train questions (GRPO needs
+                    # only the answer letter, not a rationale)
+                    prompts = train_data if str(s.get("grpo_prompts", "d_gen")) == "d_gen" else None
+                    sub = sub_config(cfg, "grpo", out, train_data=prompts, init=policy, reward_model=rm_path,
                                      ckpt_path=last_checkpoint(out), evaluate=True)
                     m, pdir = train_grpo(sub, tr)
                     return m, {"policy": str(pdir), "predictions": str(out / "predictions.jsonl")}

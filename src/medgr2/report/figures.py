@@ -20,7 +20,9 @@ from medgr2.report.tables import FIG2_REFERENCE, FIG2_SERIES, TRANSITIONS
 SERIES_STYLE = {"RandK": ("tab:gray", "o", "--"), "TopK": ("tab:blue", "s", "-"),
                 "TopK+GRPO": ("tab:red", "^", "-"), "TopK (stratified)": ("tab:green", "D", ":"),
                 "TopK (type x answer)": ("tab:orange", "v", ":"),
-                "TopK (type x answer x letter)": ("tab:purple", "P", "-")}
+                "TopK (type x answer x letter)": ("tab:purple", "P", "-"),
+                "TopK+GRPO (match reward)": ("tab:brown", "*", ":"),
+                "TopK+GRPO (match reward, train questions)": ("tab:brown", "*", "-")}
 TRANSITION_STYLE = {  # paper Figure 5 colours
     "correct_to_correct": ("Correct→Correct", "#2ca02c"),
     "wrong_to_correct": ("Wrong→Correct", "#1f77b4"),

@@ -41,7 +41,7 @@ EVAL_STAGES = ("sft", "evaluate", "grpo", "loop")
 LABEL_TAGS = ("k", "source", "select_method", "grpo", "stage", "data", "model")
 # Row order of recipes in tables (unknown recipes come after, alphabetically).
 EXPERIMENT_ORDER = ("zero_shot", "sft_raw", "sft_think", "sft_rewarded", "rand_all", "randk", "topk",
-                    "topk_grpo", "grpo", "default", "cross_modality", "cross_task")
+                    "topk_grpo", "topk_grpo_match", "topk_grpo_match_train", "grpo", "default", "cross_modality", "cross_task")
 # Table 2 rows: (row label, recipes in order of preference). "+GRPO" is the full pipeline (recipe ``grpo``:
 # GRPO on the rewarded SFT policy); only when there is no such run, the TopK+GRPO run with the largest K.
 TABLE2_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -53,7 +53,9 @@ TABLE2_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 TABLE2_METRICS = (("Acc", "test/acc"), ("F1", "test/f1"), ("AUC", "test/auc"))
 # Figure 2 curves (recipe -> legend) and its horizontal reference line.
 FIG2_SERIES = {"randk": "RandK", "topk": "TopK", "topk_grpo": "TopK+GRPO", "topk_stratified": "TopK (stratified)",
-               "topk_balanced": "TopK (type x answer)", "topk_matched": "TopK (type x answer x letter)"}
+               "topk_balanced": "TopK (type x answer)", "topk_matched": "TopK (type x answer x letter)",
+               "topk_grpo_match": "TopK+GRPO (match reward)",
+               "topk_grpo_match_train": "TopK+GRPO (match reward, train questions)"}
 FIG2_REFERENCE = ("rand_all", "Rand-all")
 # Figure 4: test axis -> (recipe, metric prefix, canonical group names, column title).
 TRANSFER_AXES = {
