@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds every result the README reports on the embedded default (tiny VLM, SynthMed, simulated generator),
-# in the order the products depend on each other, then the report. Runs on CPU; on 2 cores it takes under an
-# hour, plus ~15 minutes for the pretrained base the first time (the steps print their own progress). Each command is an ordinary `python train.py ...` you can
+# in the order the products depend on each other, then the report. Runs on CPU; on 2 cores it takes about an
+# hour and a half, plus ~15 minutes for the pretrained base the first time (the steps print their own progress). Each command is an ordinary `python train.py ...` you can
 # also run alone; finished products are cached (.cache/medgr2/) and reused, so a rerun skips what exists.
 #
 #   bash experiments/reproduce.sh            # everything
@@ -37,6 +37,7 @@ if step pool; then say "the shared 11,000-image candidate pool and its scores (b
 fi
 if step fig2; then say "Figure 2: TopK / RandK / TopK+GRPO / stratified TopK variants at K = 1k..8k, and Rand-all"
   $PY train.py -m $PAR experiment=topk,randk,topk_grpo,topk_stratified,topk_balanced,topk_matched k=1000,2000,4000,8000
+  $PY train.py -m $PAR experiment=topk_grpo_match_train,topk_grpo_match k=1000,2000,4000,8000   # ~35 min
   $PY train.py experiment=rand_all cpu_threads=1
 fi
 if step fig4; then say "Figure 4: cross-modality and cross-task transfer"
