@@ -124,6 +124,7 @@ def test_format_stats() -> None:
         assert needle in text, needle
     assert "Skipped" not in format_stats(dataset_stats(_records()))
     assert "warnings" not in format_stats(dataset_stats(_records()), Counter())
+    assert "Records: 0" in format_stats(dataset_stats([]), Counter())
 
 
 def test_format_stats_shows_load_warnings_apart_from_skips() -> None:
@@ -132,7 +133,6 @@ def test_format_stats_shows_load_warnings_apart_from_skips() -> None:
     assert "Skipped: 0" in text
     assert "Loaded with warnings: 2" in text
     assert "non_utf8_json" in text and "decoded as cp1252" in text
-    assert "Records: 0" in format_stats(dataset_stats([]), Counter())
 
 
 def test_stats_of_loaded_fixture(tmp_path: Path) -> None:

@@ -228,8 +228,9 @@ class Loop:
     def __init__(self, cfg: DictConfig, tracker: Tracker):
         self.cfg, self.tracker, self.s = cfg, tracker, cfg.stage
         self.where = source_filter(cfg)
-        if str(cfg.stage.get("grpo_prompts", "d_gen")) not in GRPO_PROMPTS:
-            raise ValueError(f"stage.grpo_prompts={cfg.stage.grpo_prompts!r}: choose one of {', '.join(GRPO_PROMPTS)}")
+        self.grpo_prompts = str(cfg.stage.get("grpo_prompts", "d_gen"))
+        if self.grpo_prompts not in GRPO_PROMPTS:
+            raise ValueError(f"stage.grpo_prompts={self.grpo_prompts!r}: choose one of {', '.join(GRPO_PROMPTS)}")
         self.dir = loop_dir(cfg)
         self.state = LoopState(self.dir, loop_key(cfg))
 
@@ -359,7 +360,7 @@ class Loop:
                     out = it_dir / "grpo"
                     # d_gen: Algorithm 1's prompts; train: the benchmark's labelled train questions (GRPO needs
                     # only the answer letter, not a rationale)
-                    prompts = train_data if str(s.get("grpo_prompts", "d_gen")) == "d_gen" else None
+                    prompts = train_data if self.grpo_prompts == "d_gen" else None
                     sub = sub_config(cfg, "grpo", out, train_data=prompts, init=policy, reward_model=rm_path,
                                      ckpt_path=last_checkpoint(out), evaluate=True)
                     m, pdir = train_grpo(sub, tr)
