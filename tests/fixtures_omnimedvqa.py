@@ -73,10 +73,13 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
     unknown modality, an unknown question type and a non-object item. Good items include 2-option
     items (C/D absent, or empty strings), a 3-option item, an image shared by two questions,
     ``gt_answer`` differing from its option in case and spaces, and the OCT modality string without its
-    closing parenthesis.
+    closing parenthesis. Real-data cases: options repeated up to case or exactly (kept: the answer is not a
+    repeat), the answer one of the repeats (skipped), an answer matching two options ignoring case and none
+    exactly (skipped, ambiguous), and a byte copy of a train image under a test path (leakage by content).
 
     Returns:
-        ``{"layout": "raw", "n_records": int, "skipped": {reason: n}, "datasets": {name: n},
+        ``{"layout": "raw", "n_records": int, "skipped": {reason: n}, "warnings": {reason: n},
+        "repeated_option_ids": [id, ...], "leakage": {...}, "datasets": {name: n},
         "splits": {split: n}, "records": {id: {"answer", "answer_text", "n_options", "modality", "question_type"}},
         "shared_image_ids": [id, id], "malformed_file": "Broken.json"}``
     """
@@ -89,6 +92,7 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
     # Image numbers chosen so that hash_split (by image path) puts BetaEye items in all three splits.
     for k in (1, 2, 3, 7, 10, 12):
         _png(b_dir / f"b{k}.png", 100 + k)
+    (b_dir / "a3_copy5.png").write_bytes((a_dir / "a3.png").read_bytes())
     (a_dir / "a_empty.png").write_bytes(b"")
     # A NUL first byte guarantees no image format recognises the header.
     (a_dir / "a_corrupt.png").write_bytes(b"\x00" + random.Random(7).randbytes(255))
@@ -224,6 +228,17 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
         _raw_item(
             "AlphaCT", "a-12", ct, "Counting", "How many nodules?", ["1", "2"], "2", "Images/AlphaCT/a3.png"
         ),
+        # Real items repeat an option up to case, or exactly; kept when the answer is not a repeat.
+        _raw_item("AlphaCT", "a-13", ct, "Anatomy Identification", "Which gland or organ is this?",
+                  ["Thyroid Gland", "Liver", "Thyroid gland", "Kidney"], "Liver", "Images/AlphaCT/a2.png"),
+        _raw_item("AlphaCT", "a-14", "X-Ray", "Modality Recognition", "Which imaging technique?",
+                  ["SPECT", "CT", "SPECT", "MRI"], "CT", "Images/AlphaCT/a4.png"),
+        # The answer is one of the repeats: two right answers, skipped.
+        _raw_item("AlphaCT", "a-15", ct, "Anatomy Identification", "Which gland?",
+                  ["Thyroid Gland", "Thyroid gland", "Liver"], "Thyroid Gland", "Images/AlphaCT/a2.png"),
+        # The answer matches two options ignoring case and none exactly: its letter cannot be told.
+        _raw_item("AlphaCT", "a-16", ct, "Anatomy Identification", "Which gland is shown?",
+                  ["Thyroid Gland", "thyroid gland", "Liver"], "THYROID GLAND", "Images/AlphaCT/a2.png"),
     ]
     b = "BetaEye"
     beta = [
@@ -293,6 +308,9 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
             "Images/BetaEye/b12.png",
             modality_key="modality",
         ),
+        # A byte copy of AlphaCT/a3.png (train) under a path that hash_split puts in test: leakage by content.
+        _raw_item(b, 107, "Dermoscopy", "Disease Diagnosis", "Is the lesion malignant?", ["Yes", "No"], "Yes",
+                  "Images/BetaEye/a3_copy5.png", modality_key="modality"),
     ]
     (qa / "AlphaCT.json").write_text(json.dumps(alpha, indent=1), encoding="utf-8")
     (qa / "BetaEye.json").write_text(json.dumps(beta, indent=1), encoding="utf-8")
@@ -313,12 +331,15 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
         "AlphaCT/a-3": exp("B", "No", 2, "CT", "Disease Diagnosis"),
         "AlphaCT/a-4": exp("A", "Yes", 2, "X-Ray", "Other Biological Attributes"),
         "AlphaCT/a-11": exp("C", "Grade 3", 4, "CT", "Lesion Grading"),
+        "AlphaCT/a-13": exp("B", "Liver", 4, "CT", "Anatomy Identification"),
+        "AlphaCT/a-14": exp("B", "CT", 4, "X-Ray", "Modality Recognition"),
         "BetaEye/101": exp("D", "DME", 4, "OCT", "Disease Diagnosis"),
         "BetaEye/102": exp("B", "Grade 1", 4, "FP", "Lesion Grading"),
         "BetaEye/103": exp("A", "Thyroid", 4, "US", "Anatomy Identification"),
         "BetaEye/104": exp("C", "Melanoma", 4, "Der", "Disease Diagnosis"),
         "BetaEye/105": exp("B", "H&E", 2, "Micro", "Other Biological Attributes"),
         "BetaEye/106": exp("C", "Normal", 3, "FP", "Disease Diagnosis"),
+        "BetaEye/107": exp("A", "Yes", 2, "Der", "Disease Diagnosis"),
     }
     return {
         "layout": "raw",
@@ -333,191 +354,202 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
             "unknown_question_type": 1,
             "malformed_record": 1,
             "malformed_json": 1,
+            "answer_is_repeated_option": 1,
+            "ambiguous_answer": 1,
         },
-        "datasets": {"AlphaCT": 5, "BetaEye": 6},
+        "warnings": {"repeated_options": 2},
+        "repeated_option_ids": ["AlphaCT/a-13", "AlphaCT/a-14"],
+        "datasets": {"AlphaCT": 7, "BetaEye": 7},
         # Fixed by hash_split of the image path; a change here means every user's split changed.
-        "splits": {"train": 8, "val": 1, "test": 2},
+        "splits": {"train": 10, "val": 1, "test": 3},
+        # Split by image path, so nothing is shared by path; a3_copy5.png (test) is a3.png (train) by content.
+        "leakage": {"train_images": 7, "test_images": 3, "shared_by_path": 0, "shared_by_content": 1,
+                    "train_questions": 1, "test_questions": 1},
         "records": records,
         "shared_image_ids": ["AlphaCT/a-1", "AlphaCT/a-11"],
         "malformed_file": "Broken.json",
     }
 
 
-def write_medr1_fixture(root: Path) -> dict[str, Any]:
-    """Write a Med-R1 ``Splits`` tree (both axes) plus its images under ``root``; return the expectations.
+# One Med-R1 question: where it is and what it really is. ``trees`` says which trees hold it ("m": the
+# modality tree, under file ``mfile``; "q": the question-type tree, under file ``qfile``; default both) and
+# ``qa`` whether the raw QA_information written beside it holds it.
+_MEDR1_QUESTIONS: list[dict[str, Any]] = [
+    # In both trees, like every real item: the other tree gives the missing attribute.
+    dict(image="c1", problem="What imaging modality is shown? A)CT, B)X-ray, C)MRI, D)US", answer="A",
+         mfile="CT(Computed Tomography)", qfile="Modality Recognition", split="train"),
+    dict(image="c2", problem="Which organ is shown in this image?\nA) liver\nB) kidney\nC) lung", answer="C",
+         mfile="CT(Computed Tomography)", qfile="Anatomy Identification", split="train"),
+    dict(image="c3", problem="What is the color of the marked area? A)red,B)blue", answer="B",
+         mfile="CT(Computed Tomography)", qfile="OBA", split="train"),
+    # c1 again, at test time (Med-R1 splits by question): leakage by path.
+    dict(image="c1", problem="Is there a tumor? (A) yes (B) no", answer="A", mfile="CT", qfile="Disease Diagnosis",
+         split="test"),
+    # A byte copy of c2 (train) under another name: leakage by content only.
+    dict(image="c2_copy", problem="Is there a cyst? A)yes, B)no", answer="B", mfile="CT", qfile="Disease Diagnosis",
+         split="test"),
+    dict(image="o1", problem="What stage is the lesion? A)early, B)late", answer="B",
+         mfile="OCT (Optical Coherence Tomography", qfile="Lesion Grading", split="test"),
+    dict(image="b1", problem="What modality is this? A)CT, B)MR (Mag-netic Resonance Imaging)", answer="B",
+         mfile="MR (Mag-netic Resonance Imaging)", qfile="Modality Recognition", split="train"),
+    dict(image="h1", problem="What is the cell count? A)1,B)2,C)3", answer="C", mfile="Microscopy Images",
+         qfile="OBA", split="train"),
+    dict(image="e1", problem="Is this fundus image normal? A)yes, B)no", answer="A", mfile="Fundus Photography",
+         qfile="Disease Diagnosis", split="test"),
+    # Repeated options (up to case; exactly), the answer not among them: kept, counted under a warning.
+    dict(image="x1", problem="Which organ? A)Thyroid Gland, B)Lung, C)Thyroid gland", answer="B", mfile="X-Ray",
+         qfile="Anatomy Identification", split="train", repeated=True),
+    dict(image="x1", problem="Which modality? A)SPECT, B)X-ray, C)SPECT, D)CT", answer="B", mfile="X-Ray",
+         qfile="Modality Recognition", split="test", repeated=True),
+    # The answer is one of the repeats: skipped in either tree.
+    dict(image="x1", problem="Which gland? A)Thyroid Gland, B)Thyroid gland, C)Lung", answer="A", mfile="X-Ray",
+         qfile="Anatomy Identification", split="train", skip="answer_is_repeated_option"),
+    # In one tree only: the missing attribute comes from QA_information when given, else stays unknown.
+    dict(image="m1", problem="Is there an abnormality? A)yes, B)no", answer="B", mfile="ultrasound",
+         qfile="Disease Diagnosis", split="train", trees="m", qa=True),
+    dict(image="e1", problem="Is the optic disc visible? A)yes, B)no", answer="A", mfile="Fundus Photography",
+         qfile="Anatomy Identification", split="test", trees="m"),
+    dict(image="h1", problem="Which stain is used? A)H&E, B)Giemsa", answer="A", mfile="Microscopy Images",
+         qfile="Other Biological Attributes", split="train", trees="q", qa=True),
+    # Med-R1's unknown_train.json (its raw record lacked modality_type): modality only from QA_information.
+    dict(image="b1", problem="Which plane is shown? A)axial, B)sagittal", answer="A", mfile="unknown",
+         qfile="OBA", split="train", qa=True, true_modality="MRI"),
+]
+_MEDR1_IMAGES = {
+    "c1": "Images/ChestCT/c1.png", "c2": "Images/ChestCT/c2.png", "c3": "Images/ChestCT/c3.png",
+    "c2_copy": "Images/ChestCT/c2_copy.png", "o1": "Images/RetinaOCT/o1.png", "t1": "Images/Thermo/t1.png",
+    "b1": "Images/BrainSet/b1.png", "e1": "Images/EyeSet/e1.png", "m1": "Images/Misc/m1.png",
+    "h1": "Images/HistoMicroscopy/h1.png", "x1": "Images/XraySet/x1.png",
+}
+_TRUE_MODALITY = {"CT(Computed Tomography)": "CT", "CT": "CT", "OCT (Optical Coherence Tomography": "OCT",
+                  "MR (Mag-netic Resonance Imaging)": "MRI", "Microscopy Images": "Micro", "Fundus Photography": "FP",
+                  "X-Ray": "X-Ray", "ultrasound": "US"}
+_QA_MODALITY = {"MRI": "MR (Mag-netic Resonance Imaging)", "US": "ultrasound", "Micro": "Microscopy Images"}
+_TRUE_QTYPE = {"OBA": "Other Biological Attributes"}
 
-    Modality tree: ``CT(Computed Tomography)_train.json`` (3 good items in different option styles, then
-    a missing image, a problem without options, an answer letter beyond the options and an item without
-    ``solution``), ``CT_test.json`` (1 good item with ``(A)`` markers, 1 unparseable solution),
-    ``OCT (Optical Coherence Tomography_test.json`` (1 good), ``Thermal_train.json`` (1 item, unknown
-    modality) and ``X-Ray_train.json`` (not JSON). Question-type tree: ``Modality Recognition_train.json``
-    (modality read from the answer), ``OBA_train.json`` (abbreviated name; modality from the image
-    path), ``Disease Diagnosis_test.json`` (modality from the question text; one falling back).
+
+def write_medr1_fixture(root: Path, qa_root: Path | None = None) -> dict[str, Any]:
+    """Write a Med-R1 ``Splits`` tree (both axes, holding the same questions like the real ones) plus images
+    under ``root``, and optionally OmniMedVQA's raw ``QA_information`` for the questions marked ``qa`` under
+    ``qa_root``; return what loading each axis must give.
+
+    Cases: questions in both trees (attribute joined), in one tree only (from QA_information or unknown), in
+    Med-R1's ``unknown_train.json``; repeated options kept, a repeated answer skipped; one image asked about in
+    train and test (path leakage) and a byte copy of a train image in test (content leakage). Bad items, in the
+    modality tree only: a missing image, a problem without options, an answer letter beyond the options, an
+    item without ``solution``, an unparseable solution, ``Thermal_train.json`` (unknown modality) and
+    ``Dermoscopy_train.json`` (not JSON).
 
     Returns:
-        ``{"modality": tree, "question_type": tree}``, each tree being ``{"n_records": int,
-        "skipped": {reason: n}, "splits": {split: n}, "by_question": {question: {"options", "answer",
-        "answer_text", "modality", "question_type", "split", "guessed"}}}``; ``guessed`` is how the
-        axis missing from the tree was set ("keywords", "answer" or "fallback").
+        ``{axis: {"n_records", "skipped", "warnings", "splits", "leakage", "image_disjoint_removed",
+        "by_question": {question: {"options", "answer", "answer_text", "modality", "question_type", "split",
+        "sources"}}, "with_qa": {"by_question", "warnings"}}}`` for ``axis`` in modality / question_type;
+        ``sources`` maps each attribute to where it came from (``file name``, ``Splits/<axis>``,
+        ``QA_information``, ``unknown``).
     """
-    root = Path(root)
-    imgs = {
-        "c1": "Images/ChestCT/c1.png",
-        "c2": "Images/ChestCT/c2.png",
-        "c3": "Images/ChestCT/c3.png",
-        "o1": "Images/RetinaOCT/o1.png",
-        "t1": "Images/Thermo/t1.png",
-        "b1": "Images/BrainSet/b1.png",
-        "e1": "Images/EyeSet/e1.png",
-        "m1": "Images/Misc/m1.png",
-        "h1": "Images/HistoMicroscopy/h1.png",
-    }
-    for k, (_, rel) in enumerate(sorted(imgs.items())):
-        _png(root / rel, 200 + k)
+    from medgr2.data.omnimedvqa_medr1 import parse_problem  # the question text, as the loader stores it
 
-    def write(axis: str, split: str, name: str, items: Any, raw: str | None = None) -> None:
+    root = Path(root)
+    for k, (name, rel) in enumerate(sorted(_MEDR1_IMAGES.items())):
+        if name != "c2_copy":
+            _png(root / rel, 200 + k)
+    (root / _MEDR1_IMAGES["c2_copy"]).write_bytes((root / _MEDR1_IMAGES["c2"]).read_bytes())
+
+    files: dict[tuple[str, str, str], list[Any]] = {}
+
+    def add(axis: str, split: str, name: str, entry: Any) -> None:
+        files.setdefault((axis, split, name), []).append(entry)
+
+    for q in _MEDR1_QUESTIONS:
+        entry = {"image": _MEDR1_IMAGES[q["image"]], "problem": q["problem"], "solution": f"<answer> {q['answer']} </answer>"}
+        trees = q.get("trees", "mq")
+        if "m" in trees:
+            add("modality", q["split"], q["mfile"], entry)
+        if "q" in trees:
+            add("question_type", q["split"], q["qfile"], entry)
+    bad = [
+        {"image": "Images/ChestCT/missing.png", "problem": "Is the image sharp? A)yes, B)no", "solution": "<answer> A </answer>"},
+        {"image": _MEDR1_IMAGES["c1"], "problem": "Describe the image.", "solution": "<answer> A </answer>"},
+        {"image": _MEDR1_IMAGES["c2"], "problem": "Is it contrast enhanced? A)yes, B)no", "solution": "<answer> D </answer>"},
+        {"image": _MEDR1_IMAGES["c3"], "problem": "Where is the nodule? A)left, B)right"},
+        {"image": _MEDR1_IMAGES["c3"], "problem": "Is there a polyp? A)yes, B)no", "solution": "I do not know"},
+    ]
+    for entry in bad:
+        add("modality", "train", "CT(Computed Tomography)", entry)
+    add("modality", "train", "Thermal", {"image": _MEDR1_IMAGES["t1"], "problem": "Is it warm? A)yes, B)no",
+                                          "solution": "<answer> A </answer>"})
+    for (axis, split, name), entries in files.items():
         path = root / "Splits" / axis / split / f"{name}_{split}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(raw if raw is not None else json.dumps(items, indent=1), encoding="utf-8")
+        path.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    (root / "Splits" / "modality" / "train" / "Dermoscopy_train.json").write_text('[{"image": "Images/x.png", ')
 
-    def item(image: str, problem: str, solution: str | None) -> dict[str, str]:
-        out = {"image": image, "problem": problem}
-        if solution is not None:
-            out["solution"] = solution
+    def truth(q: dict[str, Any]) -> tuple[str, str]:
+        return q.get("true_modality") or _TRUE_MODALITY[q["mfile"]], _TRUE_QTYPE.get(q["qfile"], q["qfile"])
+
+    if qa_root is not None:
+        qa_items = []
+        for n, q in enumerate(x for x in _MEDR1_QUESTIONS if x.get("qa")):
+            question, options = parse_problem(q["problem"])
+            mod, qt = truth(q)
+            qa_items.append(_raw_item("Extra", n, _QA_MODALITY[mod], qt, question, options,
+                                      options["ABCD".index(q["answer"])], _MEDR1_IMAGES[q["image"]]))
+        qa_dir = Path(qa_root) / "QA_information" / "Open-access"
+        qa_dir.mkdir(parents=True, exist_ok=True)
+        (qa_dir / "Extra.json").write_text(json.dumps(qa_items, indent=1), encoding="utf-8")
+
+    def expected(axis: str, with_qa: bool) -> dict[str, Any]:
+        letter, other = ("m", "q") if axis == "modality" else ("q", "m")
+        other_axis = "question_type" if axis == "modality" else "modality"
+        out: dict[str, Any] = {}
+        for q in _MEDR1_QUESTIONS:
+            if letter not in q.get("trees", "mq") or q.get("skip"):
+                continue
+            question, options = parse_problem(q["problem"])
+            values = dict(zip(("modality", "question_type"), truth(q), strict=True))
+            sources = {axis: "file name", other_axis: f"Splits/{other_axis}"}
+            if q["mfile"] == "unknown":  # the file names no modality; the other tree has none to give
+                sources["modality"] = "QA_information" if with_qa and q.get("qa") else "unknown"
+            elif other not in q.get("trees", "mq"):
+                sources[other_axis] = "QA_information" if with_qa and q.get("qa") else "unknown"
+            for field, src in sources.items():
+                if src == "unknown":
+                    values[field] = "unknown"
+            out[question] = {"options": options, "answer": q["answer"],
+                             "answer_text": options["ABCD".index(q["answer"])], "split": q["split"],
+                             "sources": sources, "repeated": bool(q.get("repeated")), **values}
         return out
 
-    write(
-        "modality",
-        "train",
-        "CT(Computed Tomography)",
-        [
-            item(
-                imgs["c1"],
-                "What imaging modality is shown? A)CT, B)X-ray, C)MRI, D)US",
-                "<answer> A </answer>",
-            ),
-            item(
-                imgs["c2"],
-                "Which organ is shown in this image?\nA) liver\nB) kidney\nC) lung",
-                "<answer>C</answer>",
-            ),
-            item(imgs["c3"], "What is the color of the marked area? A)red,B)blue", "<answer> B </answer>"),
-            item("Images/ChestCT/missing.png", "Is the image sharp? A)yes, B)no", "<answer> A </answer>"),
-            item(imgs["c1"], "Describe the image.", "<answer> A </answer>"),
-            item(imgs["c2"], "Is it contrast enhanced? A)yes, B)no", "<answer> D </answer>"),
-            item(imgs["c3"], "Where is the nodule? A)left, B)right", None),
-        ],
-    )
-    write(
-        "modality",
-        "test",
-        "CT",
-        [
-            item(imgs["c2"], "Is there a tumor? (A) yes (B) no", "<answer>A</answer>"),
-            item(imgs["c3"], "Is there a cyst? A)yes, B)no", "I do not know"),
-        ],
-    )
-    write(
-        "modality",
-        "test",
-        "OCT (Optical Coherence Tomography",
-        [
-            item(imgs["o1"], "What stage is the lesion? A)early, B)late", "<answer> B </answer>"),
-        ],
-    )
-    write(
-        "modality", "train", "Thermal", [item(imgs["t1"], "Is it warm? A)yes, B)no", "<answer> A </answer>")]
-    )
-    write("modality", "train", "X-Ray", None, raw='[{"image": "Images/x.png", ')
-
-    write(
-        "question_type",
-        "train",
-        "Modality Recognition",
-        [
-            item(
-                imgs["b1"],
-                "What modality is this? A)CT, B)MR (Mag-netic Resonance Imaging)",
-                "<answer> B </answer>",
-            ),
-        ],
-    )
-    write(
-        "question_type",
-        "train",
-        "OBA",
-        [
-            item(imgs["h1"], "What is the cell count? A)1,B)2,C)3", "<answer> C </answer>"),
-        ],
-    )
-    write(
-        "question_type",
-        "test",
-        "Disease Diagnosis",
-        [
-            item(imgs["e1"], "Is this fundus image normal? A)yes, B)no", "<answer> A </answer>"),
-            item(imgs["m1"], "Is there an abnormality? A)yes, B)no", "<answer> B </answer>"),
-        ],
-    )
-
-    def exp(
-        options: list[str], answer: str, modality: str, qtype: str, split: str, guessed: str
-    ) -> dict[str, Any]:
-        text = options["ABCD".index(answer)]
-        return {
-            "options": options,
-            "answer": answer,
-            "answer_text": text,
-            "modality": modality,
-            "question_type": qtype,
-            "split": split,
-            "guessed": guessed,
-        }
-
-    modality_tree = {
-        "What imaging modality is shown?": exp(
-            ["CT", "X-ray", "MRI", "US"], "A", "CT", "Modality Recognition", "train", "keywords"
-        ),
-        "Which organ is shown in this image?": exp(
-            ["liver", "kidney", "lung"], "C", "CT", "Anatomy Identification", "train", "keywords"
-        ),
-        "What is the color of the marked area?": exp(
-            ["red", "blue"], "B", "CT", "Other Biological Attributes", "train", "fallback"
-        ),
-        "Is there a tumor?": exp(["yes", "no"], "A", "CT", "Disease Diagnosis", "test", "keywords"),
-        "What stage is the lesion?": exp(["early", "late"], "B", "OCT", "Lesion Grading", "test", "keywords"),
+    result: dict[str, Any] = {}
+    # Counts below are by hand from the cases above (not from the expected() rules).
+    result["modality"] = {
+        "n_records": 14,
+        "skipped": {"missing_image": 1, "unparseable_options": 1, "answer_not_in_options": 1, "missing_field": 1,
+                    "unparseable_answer": 1, "unknown_modality": 1, "malformed_json": 1,
+                    "answer_is_repeated_option": 1},
+        # 1 modality (unknown_train.json) + 2 question types (one-tree questions) stay unknown
+        "warnings": {"repeated_options": 2, "attribute_unknown": 3},
+        "splits": {"train": 8, "test": 6},
+        # train {c1,c2,c3,b1,h1,x1,m1}, test {c1,c2_copy,o1,e1,x1}; c1 and x1 by path, + c2 by content
+        "leakage": {"train_images": 7, "test_images": 5, "shared_by_path": 2, "shared_by_content": 3,
+                    "train_questions": 3, "test_questions": 3},
+        "image_disjoint_removed": 3,
+        "by_question": expected("modality", False),
+        "with_qa": {"by_question": expected("modality", True),
+                    "warnings": {"repeated_options": 2, "attribute_unknown": 1}},
     }
-    qtype_tree = {
-        "What modality is this?": exp(
-            ["CT", "MR (Mag-netic Resonance Imaging)"], "B", "MRI", "Modality Recognition", "train", "answer"
-        ),
-        "What is the cell count?": exp(
-            ["1", "2", "3"], "C", "Micro", "Other Biological Attributes", "train", "keywords"
-        ),
-        "Is this fundus image normal?": exp(
-            ["yes", "no"], "A", "FP", "Disease Diagnosis", "test", "keywords"
-        ),
-        "Is there an abnormality?": exp(["yes", "no"], "B", "MRI", "Disease Diagnosis", "test", "fallback"),
+    result["question_type"] = {
+        "n_records": 13,
+        "skipped": {"answer_is_repeated_option": 1},
+        # the modality tree's Thermal (1 item) and Dermoscopy (not JSON) files cannot be indexed for the join
+        "warnings": {"repeated_options": 2, "attribute_unknown": 2, "join_tree_unreadable": 2},
+        "splits": {"train": 8, "test": 5},
+        # train {c1,c2,c3,b1,h1,x1}, test {c1,c2_copy,o1,e1,x1}
+        "leakage": {"train_images": 6, "test_images": 5, "shared_by_path": 2, "shared_by_content": 3,
+                    "train_questions": 3, "test_questions": 3},
+        "image_disjoint_removed": 3,
+        "by_question": expected("question_type", False),
+        "with_qa": {"by_question": expected("question_type", True),
+                    "warnings": {"repeated_options": 2, "join_tree_unreadable": 2}},
     }
-    return {
-        "modality": {
-            "n_records": len(modality_tree),
-            "skipped": {
-                "missing_image": 1,
-                "unparseable_options": 1,
-                "answer_not_in_options": 1,
-                "missing_field": 1,
-                "unparseable_answer": 1,
-                "unknown_modality": 1,
-                "malformed_json": 1,
-            },
-            "splits": {"train": 3, "test": 2},
-            "by_question": modality_tree,
-        },
-        "question_type": {
-            "n_records": len(qtype_tree),
-            "skipped": {},
-            "splits": {"train": 2, "test": 2},
-            "by_question": qtype_tree,
-        },
-    }
+    return result
