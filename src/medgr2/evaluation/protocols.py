@@ -18,9 +18,10 @@ predictions keep the raw response so that :func:`rescore` can score them under a
     :class:`difflib.SequenceMatcher` ratio. Because our prompts show letters, a reply that is only a letter
     (``B``, ``(B)``, ``B.``) or starts with one (``B) Liver``) selects that option.
 ``letter``
-    MedEvalKit style (``Options: A. …``, answer with the letter): the response, or the content of a single
-    ``<answer>`` tag making up the whole response, must be one bare upper-case option letter, optionally
-    followed by ``.`` or in brackets. Anything longer is unparseable.
+    MedEvalKit style (``Options: A. …``, answer with the letter): after a leading ``<think>…</think>`` block
+    (a reasoning model's thinking, which such kits strip), the rest of the response, or the content of a single
+    ``<answer>`` tag making up that rest, must be one bare upper-case option letter, optionally followed by
+    ``.`` or in brackets. Anything longer is unparseable.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ DEFAULT_PROTOCOL = "lenient"
 _MEDR1 = re.compile(r"<answer>\s*(\w+)\s*</answer>")
 _LAST_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _WHOLE_TAG = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.DOTALL | re.IGNORECASE)
+_LEADING_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _BARE = re.compile(r"\(?([A-Z])\)?\.?")
 _LEADING_LETTER = re.compile(r"\(?([A-Za-z])\)?(?:[.):]\s*|\s*$)")
 
@@ -59,6 +61,7 @@ def _medr1(response: str, n: int) -> str | None:
 
 
 def _letter(response: str, n: int) -> str | None:
+    response = _LEADING_THINK.sub("", response, count=1)
     whole = _WHOLE_TAG.fullmatch(response)
     body = (whole.group(1) if whole else response).strip()
     m = _BARE.fullmatch(body)
