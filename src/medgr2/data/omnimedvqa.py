@@ -242,7 +242,7 @@ def load_omnimedvqa(
         seen.add(rec["id"])
         result.records.append(rec)
         _count_kept(result, rec, where)
-    _warn_unknown(result, axis)
+    _warn_unknown(result, axis, qa_root is not None)
     return result
 
 
@@ -258,13 +258,15 @@ def _count_kept(result: LoadResult, rec: dict, where: str) -> None:
             result.attributes[f"{field} <- {source}"] += 1
 
 
-def _warn_unknown(result: LoadResult, axis: str) -> None:
-    """One warning with the count of records an attribute of which stayed unknown."""
+def _warn_unknown(result: LoadResult, axis: str, with_qa: bool) -> None:
+    """One warning per attribute with the count of records whose value stayed unknown."""
     n = {f: sum(r[f] == UNKNOWN for r in result.records) for f in AXES}
+    qa = "not in QA_information either" if with_qa else "no QA_information given (data.qa_root)"
     for field, count in n.items():
         if count:
             how = "Med-R1's unknown_<split>.json file" if field == axis else (
-                f"the {axis} tree's file names, not found in the other tree or QA_information (data.qa_root)")
+                f"the {axis} tree's file names, not found in the other tree")
+            how += f"; {qa}"
             result.warn("attribute_unknown", f"{count} records have {field} = {UNKNOWN!r}: not given by {how}; "
                         "they count under 'unknown' in every per-" + field.replace("_", "-") + " table", count=count)
 
