@@ -145,6 +145,22 @@ def test_data_image_disjoint_removes_shared_images_from_training(trees, layout, 
     assert [r["id"] for r in limited.records] == [r["id"] for r in train.records[:2]] and limited.truncated
 
 
+def test_the_same_question_in_train_and_test_is_counted_as_leakage(tmp_path) -> None:
+    from PIL import Image
+
+    (tmp_path / "Images" / "Set").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "Images" / "Set" / "a.png")
+    item = {"image": "Images/Set/a.png", "problem": "Is it CT? A)yes, B)no", "solution": "<answer> A </answer>"}
+    for split in ("train", "test"):
+        path = tmp_path / "Splits" / "modality" / split / f"CT_{split}.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps([item]))
+    res = load_omnimedvqa(tmp_path)
+    assert [r["split"] for r in res.records] == ["train"] and res.skipped == {"duplicate_id": 1}
+    assert res.warnings["question_in_two_splits"] == 1
+    assert "CT_test.json" in res.warning_examples["question_in_two_splits"][0]
+
+
 # ------------------------------------------------------------------------------------------- stage=inspect
 
 

@@ -173,7 +173,7 @@ def load_omnimedvqa(
     :attr:`LoadResult.warnings` ``non_utf8_json`` instead), ``unknown_modality``, ``unknown_question_type``,
     ``answer_not_in_options``, ``ambiguous_answer`` (raw: the answer text matches several options ignoring
     case, none exactly), ``answer_is_repeated_option``, ``duplicate_id`` (the first accepted record with an id
-    wins), ``missing_image``, ``unreadable_image`` (also truncated JPEGs and images past PIL's
+    wins; when the copies are in different splits, also the warning ``question_in_two_splits``), ``missing_image``, ``unreadable_image`` (also truncated JPEGs and images past PIL's
     decompression-bomb limit), ``bad_option_count`` (more than 4 options), Med-R1 only
     ``unparseable_options`` / ``unparseable_answer``, plus any :class:`RecordError` reason raised by
     :func:`~medgr2.data.schema.validate_record`.
@@ -205,7 +205,7 @@ def load_omnimedvqa(
     images = _ImageChecker(verify_images)
     img_root = Path(image_root).expanduser().absolute() if image_root is not None else root
     result = LoadResult(layout=used)
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # id -> split of the copy kept
 
     if used == "raw":
         candidates = raw_candidates(root, result)
@@ -227,6 +227,9 @@ def load_omnimedvqa(
             continue
         if rec["id"] in seen:
             result.skip("duplicate_id", f"{where}: duplicate id {rec['id']!r} (the first one is kept)")
+            if seen[rec["id"]] != rec["split"]:  # the very same question on both sides: leakage, and a lost item
+                result.warn("question_in_two_splits", f"{where}: the same question is in {seen[rec['id']]!r} "
+                            f"and {rec['split']!r}; only the {seen[rec['id']]} copy is kept")
             continue
         image_path = Path(image_rel) if Path(image_rel).is_absolute() else img_root / image_rel
         problem = images.problem(image_path)
@@ -239,7 +242,7 @@ def load_omnimedvqa(
         except RecordError as e:
             result.skip(e.reason, f"{where}: {e}")
             continue
-        seen.add(rec["id"])
+        seen[rec["id"]] = rec["split"]
         result.records.append(rec)
         _count_kept(result, rec, where)
     _warn_unknown(result, axis, qa_root is not None)
