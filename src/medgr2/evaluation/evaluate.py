@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from medgr2.data.collate import ChatCollator, model_inputs
 from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
-from medgr2.rl.answers import extract_answer
+from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, extract
 
 
 def _prompt_item(rec: Mapping[str, Any], instruction: str, prefix: str = "") -> dict[str, Any]:
@@ -19,8 +19,11 @@ def _prompt_item(rec: Mapping[str, Any], instruction: str, prefix: str = "") -> 
 
 @torch.no_grad()
 def predict(model, processor, rows: Sequence[Mapping[str, Any]], *, instruction: str = SHORT_INSTRUCTION,
-            batch_size: int = 32, max_new_tokens: int = 48, progress: bool = True) -> list[dict[str, Any]]:
-    """One prediction per record: completion text, extracted letter and option probabilities.
+            batch_size: int = 32, max_new_tokens: int = 48, progress: bool = True,
+            protocol: str = DEFAULT_PROTOCOL) -> list[dict[str, Any]]:
+    """One prediction per record: the raw completion, the letter it selects under ``protocol`` (see
+    :mod:`medgr2.evaluation.protocols`) and option probabilities. The completion and the option texts are kept
+    so that saved predictions can be rescored under another protocol.
 
     Option probabilities come from one extra forward pass: the completion up to ``<answer>`` (appended
     when the model wrote none) and a softmax over the option letters' logits at the next position.
@@ -50,7 +53,8 @@ def predict(model, processor, rows: Sequence[Mapping[str, Any]], *, instruction:
         for r, c, p in zip(recs, completions, probs, strict=True):
             n = len(r["options"])
             pn = p[:n] / p[:n].sum()
-            out.append({"id": r["id"], "completion": c, "pred": extract_answer(c), "gold": r["answer"],
+            out.append({"id": r["id"], "completion": c, "pred": extract(protocol, c, list(r["options"])),
+                        "protocol": protocol, "options": list(r["options"]), "gold": r["answer"],
                         "option_probs": [round(float(x), 6) for x in pn], "n_options": n,
                         "modality": r["modality"], "question_type": r["question_type"]})
     return out

@@ -103,7 +103,8 @@ def load_omnimedvqa_from_config(cfg: DictConfig, split: str | None):
     if not dcfg.get("root"):
         raise ValueError("data=omnimedvqa needs data.root=PATH (the folder holding QA_information/ or Splits/)")
     res = load_omnimedvqa(dcfg.root, layout=dcfg.get("layout", "auto"), split=split, axis=dcfg.get("axis", "modality"),
-                          image_root=dcfg.get("image_root"), limit=dcfg.get("limit"))
+                          image_root=dcfg.get("image_root"), limit=dcfg.get("limit"), qa_root=dcfg.get("qa_root"),
+                          image_disjoint=bool(dcfg.get("image_disjoint", False)))
     if res.n_skipped:
         log.warning("OmniMedVQA %s: skipped %d records: %s", split, res.n_skipped, dict(res.skipped))
     return res

@@ -20,6 +20,7 @@ Examples:
   python -m medgr2.report
   python -m medgr2.report --experiments randk,topk,topk_grpo,rand_all --only fig2 --out reports/k-sweep
   python -m medgr2.report --tag data=omnimedvqa --baseline sft_raw --compare 3f9c2a1b
+  python -m medgr2.report --protocol medr1   # rescore saved predictions as Med-R1 does (first tag, exact letter)
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from medgr2.evaluation.protocols import PROTOCOLS
 from medgr2.report import figures as F
+from medgr2.report import protocol as P
 from medgr2.report import tables as T
 from medgr2.report.render import to_csv, to_latex, to_markdown
 
@@ -57,6 +60,7 @@ class Report:
     used: list[dict[str, str]] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
     path: Path | None = None
+    protocol: str = ""  # the scoring protocol(s) of the runs used, shown in every table header
 
     def skipped_frame(self) -> pd.DataFrame:
         """Skipped runs, one row per (run, reason), with the sections it was skipped from."""
@@ -227,7 +231,7 @@ def _section_fig5(report: Report, runs: pd.DataFrame, all_runs: pd.DataFrame, tr
 def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "medgr2", *,
                  experiments: Sequence[str] | None = None, tags: Mapping[str, Sequence[str]] | None = None,
                  out: str | Path = "reports", baseline: str | None = None, compare: str | None = None,
-                 only: Sequence[str] | None = None) -> Report:
+                 only: Sequence[str] | None = None, protocol: str | None = None) -> Report:
     """Read MLflow, write every requested section into ``out`` and ``out/report.md``; return what was made."""
     sections = list(only) if only else list(SECTIONS)
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -241,6 +245,9 @@ def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "m
     if experiments:
         filters["experiment"] = [e for e in filters.get("experiment", experiments) if e in experiments]
     runs = T.filter_runs(all_runs, filters)
+    if protocol:  # rescore saved predictions before any table is built
+        runs, rescore_notes = P.rescore_runs(runs, tracking_uri, protocol)
+    report.protocol = P.protocol_label(runs)
 
     s = report.summary
     s.append(f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} from `{tracking_uri}`, "
@@ -249,6 +256,7 @@ def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "m
         s.append(f"**The MLflow experiment `{experiment}` does not exist in this store.**")
     if filters:
         s.append("Filters: " + "; ".join(f"`{k}` in {{{', '.join(v)}}}" for k, v in filters.items()) + ".")
+    s.append(f"Scoring {report.protocol}." + (" " + " ".join(rescore_notes) if protocol else ""))
     s.append(f"{len(runs)} finished top-level runs used as input"
              + (f" ({len(all_runs) - len(runs)} more excluded by the filters)" if filters else "") + ".")
     nf = ignored.get("not_finished") or {}
@@ -295,23 +303,23 @@ def render_report(report: Report, sections: Sequence[str]) -> str:
     L: list[str] = ["# MedGR2 report", "", *report.summary, "",
                     "Accuracies are in percent; the CSV files hold the exact fractions.", ""]
     if "table1" in sections:
-        L += ["## Table 1 — accuracy per modality", "", to_markdown(report.tables["table1"]), "",
+        L += [f"## Table 1 — accuracy per modality ({report.protocol})", "", to_markdown(report.tables["table1"]), "",
               f"Files: {_links(report, 'table1')}", *_notes(report, "table1"), ""]
     if "table2" in sections:
-        L += ["## Table 2 — ablation", "",
+        L += [f"## Table 2 — ablation ({report.protocol})", "",
               "Rows: base = `zero_shot`, SFT raw = `sft_raw`, SFT rewarded = `sft_rewarded`, +GRPO = `grpo` "
               "(the TopK+GRPO run with the largest K, `topk_grpo`, only when there is no `grpo` run). "
               "Column groups: eval set = the run's `data` tag, test split.", "",
               to_markdown(report.tables["table2"]), "", f"Files: {_links(report, 'table2')}",
               *_notes(report, "table2"), ""]
     if "fig2" in sections:
-        L += ["## Figure 2 — accuracy vs K", ""]
+        L += [f"## Figure 2 — accuracy vs K ({report.protocol})", ""]
         if "fig2" in report.figures:
             L += ["![Figure 2: test accuracy vs K](fig2.png)", "", to_markdown(report.tables["fig2"]), "",
                   f"Files: {_links(report, 'fig2')}"]
         L += [*_notes(report, "fig2"), ""]
     if "fig4" in sections:
-        L += ["## Figure 4 — transfer", "",
+        L += [f"## Figure 4 — transfer ({report.protocol})", "",
               "Rows: training source (tag `source`); columns: test group; cells: test accuracy. "
               "Colours are centred at the runs' median overall chance: warm above, cool below.", ""]
         for name, title in (("fig4a_cross_task", "(a) cross-task"), ("fig4b_cross_modality", "(b) cross-modality")):
@@ -367,6 +375,8 @@ def parser() -> argparse.ArgumentParser:
                          "default: best sft_raw run")
     ap.add_argument("--compare", default=None, metavar="RUN_OR_EXPERIMENT",
                     help="Figure 5 compared run, same forms; default: best grpo / topk_grpo run")
+    ap.add_argument("--protocol", default=None, choices=PROTOCOLS,
+                    help="rescore saved predictions under this protocol (default: as each run was scored)")
     ap.add_argument("--only", type=_csv, default=None, metavar=",".join(SECTIONS),
                     help="write only these sections (default: all)")
     return ap
@@ -382,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only and set(args.only) - set(SECTIONS):
         ap.error(f"--only: unknown sections {sorted(set(args.only) - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
     report = build_report(args.tracking_uri, args.experiment, experiments=args.experiments, tags=tags,
-                          out=args.out, baseline=args.baseline, compare=args.compare, only=args.only)
+                          out=args.out, baseline=args.baseline, compare=args.compare, only=args.only,
+                          protocol=args.protocol)
     print(f"wrote {report.path}")
     for name, paths in report.files.items():
         print(f"  {name}: " + ", ".join(str(p) for p in paths))
