@@ -353,7 +353,9 @@ def run_generation(
                 "errors_last_run": dict(errors),
                 "pending": still_pending,
             }
-            manifest["usage"] = dict(Counter(manifest.get("usage") or {}) + usage)
+            total = Counter(manifest.get("usage") or {})
+            total.update(usage)  # update, not +: zero counts stay visible in the manifest
+            manifest["usage"] = dict(total)
             commit_manifest(out, manifest)
             summary.shards_written += 1
             kept_this_run += len(kept)
