@@ -37,6 +37,9 @@ from medgr2.generation.gemini_wire import (
 )
 
 logger = logging.getLogger(__name__)
+#: Loggers that write one INFO line per HTTP call (50k a cycle at paper scale); quieted to WARNING unless
+#: the user configured them.
+_CHATTY_LOGGERS = ("httpx", "httpx2", "google_genai.models")
 
 __all__ = ["TERMINAL_5XX", "GeminiBackend", "MissingAPIKeyError", "classify_error", "retry_after_seconds"]
 
@@ -120,6 +123,9 @@ class GeminiBackend:
         from google import genai
         from google.genai import types
 
+        for name in _CHATTY_LOGGERS:
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self._types = types
         self._secret = key  # kept only to redact it from error texts
         # vertexai=False: an ambient GOOGLE_GENAI_USE_VERTEXAI must not reroute the calls.

@@ -415,6 +415,9 @@ def run_generation(
         "" if summary.complete else " (rerun the same command to retry them)",
         f"; {failed_n} failed request(s) are not resent unless generator.retry_failed=true" if failed_n else "",
     )
+    if summary.rejected.get("max_tokens"):
+        logger.warning("%d answer(s) hit MAX_TOKENS (cut, or no text left after thinking): raise "
+                       "generator.max_output_tokens or lower generator.thinking_budget", summary.rejected["max_tokens"])
     if all_rejects:
         logger.info("rejected and failed requests by modality (%s):\n%s", summary.rejects_file,
                     modality_table(summary.rejects_by_modality, summary.requested_by_modality))

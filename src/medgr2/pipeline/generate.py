@@ -207,7 +207,6 @@ def run_generate(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 def generate_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path, Path | None]:
     """:func:`run_generate`'s work; returns (metrics, generation folder, exported candidates or None)."""
     from medgr2.generation import get_prompt, run_generation
-    from medgr2.generation.rejects import modality_table
 
     s = cfg.stage
     strategy = get_prompt(str(cfg.prompt.name)).name
@@ -254,9 +253,6 @@ def generate_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, fl
         cost = "" if info["cost_usd"] is None else f", estimated cost ${info['cost_usd']:.4f}"
         print(f"tokens this run: prompt {u['prompt']}, candidates {u['candidates']}, thoughts {u['thoughts']} "
               f"in {summary.api_calls} API call(s){cost}")
-    if rejected or failed:
-        print(f"rejects by modality (one line per request in {summary.rejects_file}):\n"
-              + modality_table(summary.rejects_by_modality, summary.requested_by_modality))
     if failed:
         print(f"{failed} request(s) failed for good and are excluded; a rerun does not resend them "
               "(add generator.retry_failed=true to resend)")
