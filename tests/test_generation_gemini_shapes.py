@@ -178,3 +178,9 @@ def test_safety_settings_thinking_budget_and_output_budget_reach_the_api(fake):
     assert backend.fingerprint()["thinking_budget"] == 0  # they change answers: a different pool
     with pytest.raises(ValueError, match="unknown threshold 'BLOCK_SOME'"):
         _backend(fake, safety_settings={"HARM_CATEGORY_DANGEROUS_CONTENT": "BLOCK_SOME"})
+
+
+def test_an_unknown_model_stops_at_the_first_answer_and_says_which_setting_to_fix(fake, tmp_path):
+    with pytest.raises(GenerationStopped, match=r"generator.model='gemini-nope'.*404 NOT_FOUND.*fix generator.model"):
+        _run(fake, tmp_path / "gen", model="gemini-nope")
+    assert fake.calls == 1
