@@ -196,7 +196,8 @@ def _row(claim: str, a: Arm | None, b: Arm | None, predictions: PredictionCache,
         return {**_row(claim, None, None, predictions), **base, "test": "no paired predictions"}
     cmp = S.paired_comparison(m.a, m.b, seeds=m.seeds)
     if transform is not None:  # McNemar needs 0/1 rows; a transformed (difference-of-differences) row has none
-        cmp = S.Comparison(cmp.estimate, cmp.test.replace("McNemar exact (1 seed), ", "1 seed: "), cmp.seeds)
+        cmp = S.Comparison(cmp.estimate, cmp.test.replace("McNemar exact, 1 seed", "paired bootstrap, 1 seed"),
+                           cmp.seeds)
     e = cmp.estimate
     return {**base, "difference": f"{100 * e.value:+.1f}", "95% CI": f"[{100 * e.lo:+.1f}, {100 * e.hi:+.1f}]",
             "p": S.format_p(e.p), "seeds": len(m.seeds), "test": cmp.test,

@@ -197,10 +197,10 @@ def paired_comparison(a, b, seeds: Sequence[str] | None = None, n_boot: int = N_
     if n_seeds == 1:
         lo, hi = percentile_interval(reps, level)
         est = Estimate(value, lo, hi, 1, n_q, se_q, math.nan, math.inf, mcn[0][2], level, tuple(per_seed))
-        test = "McNemar exact (1 seed), paired bootstrap over questions"
+        test = "McNemar exact, 1 seed"
     else:
         est = combine(value, se_q, per_seed, n_q, level)
-        test = f"seed-matched paired t ({n_seeds} seeds, df {est.df:.1f}) with a paired bootstrap over questions"
+        test = f"seed-matched t, {n_seeds} seeds (df {format_df(est.df)})"
     return Comparison(est, test, names, tuple(mcn), tuple(ma.mean(axis=1).tolist()), tuple(mb.mean(axis=1).tolist()))
 
 
@@ -234,6 +234,11 @@ def format_estimate(est: Estimate, digits: int = 1, signed: bool = False) -> str
     if not math.isnan(est.half_width):
         body += f" ± {100 * est.half_width:.{digits}f}"
     return body + (f" ({est.n_seeds} seeds)" if est.n_seeds != 1 else " (1 seed)")
+
+
+def format_df(df: float) -> str:
+    """Degrees of freedom for a table: one decimal, ``>999`` when the question part dominates."""
+    return ">999" if df > 999 else f"{df:.1f}"
 
 
 def format_p(p: float) -> str:

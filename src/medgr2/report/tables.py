@@ -546,7 +546,8 @@ def fig2_points(runs: pd.DataFrame, predictions: PredictionCache | None = None) 
         est = A.cell([metric(r, "test/acc") for r in rs], [r["run_id"] for r in rs], predictions)
         rows.append({"data": key[0], "series": key[1], "experiment": tag(rs[0], "experiment"), "k": k,
                      **A.interval_columns(est, "acc"), "seeds": len(rs), "run_id": ids_text(rs)})
-        used += [{"section": "fig2", "row": f"{key[1]} K={k} ({key[0]}) seed {seed_of(r)}", "run_id": r["run_id"]}
+        where = f"{key[1]}" + (f" K={k}" if k is not None else "") + f" ({key[0]})"
+        used += [{"section": "fig2", "row": f"{where} seed {seed_of(r)}", "run_id": r["run_id"]}
                  for r in rs]
     df = pd.DataFrame(rows, columns=["data", "series", "experiment", "k", "acc", "acc lo", "acc hi", "seeds",
                                      "run_id"])
