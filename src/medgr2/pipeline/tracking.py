@@ -196,7 +196,9 @@ def sweep_keys(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str,
 def run_name(cfg: DictConfig, stage: str, sweep: Mapping[str, str]) -> str:
     """``topk k=2000 seed=1``: the recipe (the stage when there is none), the sweep keys, the seed."""
     recipe = str(cfg.get("experiment_name") or "default")
-    parts = [stage if recipe == "default" else recipe, *(f"{k}={v}" for k, v in sweep.items())]
+    # Without a recipe the name starts with the stage, so `stage=<it>` would only repeat it.
+    shown = {k: v for k, v in sweep.items() if not (recipe == "default" and k == "stage" and v == stage)}
+    parts = [stage if recipe == "default" else recipe, *(f"{k}={v}" for k, v in shown.items())]
     return " ".join([*parts, f"seed={cfg.get('seed', 0)}"])
 
 
