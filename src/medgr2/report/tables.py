@@ -242,7 +242,8 @@ def row_labels(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.Series:
     """Human-readable row label per run.
 
     The ``policy`` tag when set; otherwise the recipe name plus the tags (:data:`LABEL_TAGS`, minus
-    ``exclude``) whose values differ between runs of the same recipe, e.g. ``randk k=1000``.
+    ``exclude``) whose values differ between runs of the same recipe, e.g. ``randk k=1000``; either way plus the
+    other sweep keys (tag ``sweep``) when they differ within the recipe. The seed never splits a row.
     """
     if runs.empty:
         return pd.Series([], dtype=object, index=runs.index)
@@ -252,10 +253,11 @@ def row_labels(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.Series:
         by_exp.setdefault(tag(r, "experiment"), []).append(r)
     labels = []
     for r in recs:
-        if tag(r, "policy"):
-            labels.append(tag(r, "policy"))
-            continue
         peers = by_exp[tag(r, "experiment")]
+        if tag(r, "policy"):
+            rest = sweep_rest(r) if len({sweep_rest(p) for p in peers}) > 1 else ""
+            labels.append(f"{tag(r, 'policy')} {rest}".strip())  # other sweep settings are other rows
+            continue
         parts = [tag(r, "experiment") or "?"]
         for key in LABEL_TAGS:
             if key in exclude:
