@@ -75,14 +75,17 @@ def plot_fig2(points: pd.DataFrame) -> Figure:
     for ax, data in zip(axes, datas, strict=True):
         sub = points[points["data"] == data]
         ks = sorted({int(k) for k in sub.loc[sub["series"] != FIG2_REFERENCE[1], "k"].dropna()})
+        present = [n for n in FIG2_SERIES.values() if not sub[sub["series"] == n].dropna(subset=["k"]).empty]
         for name in FIG2_SERIES.values():
             s = sub[sub["series"] == name].dropna(subset=["k"]).sort_values("k")
             if s.empty:
                 continue
+            # Dodge: each series a little to the side on the log axis, so error bars at one K do not overlap
+            dodge = 2 ** (0.03 * (present.index(name) - (len(present) - 1) / 2))
             color, marker, style = SERIES_STYLE.get(name, (None, "o", "-"))
             lo, hi = _bounds(s)
             # Error bars: the 95% interval of each point (seeds and test questions; docs/statistics.md)
-            ax.errorbar(s["k"].astype(int), 100 * s["acc"], yerr=100 * np.vstack([s["acc"] - lo, hi - s["acc"]]),
+            ax.errorbar(s["k"].astype(int) * dodge, 100 * s["acc"], yerr=100 * np.vstack([s["acc"] - lo, hi - s["acc"]]),
                         marker=marker, linestyle=style, color=color, label=name + _seeds_note(s), capsize=3)
         for _, r in sub[sub["series"] == ref_name].iterrows():
             k = r["k"]
@@ -95,6 +98,8 @@ def plot_fig2(points: pd.DataFrame) -> Figure:
         if ks:
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.minorticks_off()
+            if len(ks) == 1:  # one K: keep the dodged bars close, as they would be among several Ks
+                ax.set_xlim(ks[0] / 2, ks[0] * 2)
         ax.set_xlabel("K (training samples, log2)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs K — {data}")
