@@ -296,14 +296,16 @@ def _loop_rows(runs: pd.DataFrame, loops: LoopIterations | None, predictions: Pr
     if not recs or loops is None:
         return [_row("the loop improves across iterations", None, None, predictions)]
     groups = T.latest_by(recs, lambda r: (T.tag(r, "experiment"), T.tag(r, "data"), T.sweep_of(r)), "claims", notes)
+    # Label each loop by its recipe and only the sweep items that tell the loops apart (full lists are long)
+    common = set.intersection(*(set(k[2].split()) for k in groups)) if groups else set()
     out = []
     for (exp, _data, sweep), top in groups.items():
         n_it = T.as_int(T.tag(top[0], "iterations")) or 2
         first = [loops.step_run(r["run_id"], 0) for r in top]
         pairs = [(f, r) for f, r in zip(first, top, strict=True) if f is not None]
+        label = " ".join([exp or "?", *(i for i in sweep.split() if i not in common)])
         if len(pairs) < len(top):
-            notes.append(f"loop {exp} {sweep}: {len(top) - len(pairs)} run(s) without an iteration-0 step run; left out.")
-        label = f"{exp} {sweep}".strip()
+            notes.append(f"loop {label}: {len(top) - len(pairs)} run(s) without an iteration-0 step run; left out.")
         a = Arm(f"{label} iteration 0", [{**f, "tags.seed": T.seed_of(r)} for f, r in pairs]) if pairs else None
         b = Arm(f"{label} iteration {n_it - 1}", [r for _, r in pairs]) if pairs else None
         out.append(_row(f"the loop improves across iterations ({label})", a, b, predictions, ">", notes))
