@@ -14,7 +14,7 @@ from medgr2.evaluation.metrics import summarize
 from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, check_protocol, rescore
 from medgr2.report import tables as T
 
-__all__ = ["protocol_label", "rescore_runs", "rescored_metrics"]
+__all__ = ["protocol_label", "read_scored", "rescore_runs", "rescored_metrics"]
 
 
 def rescored_metrics(predictions: pd.DataFrame, protocol: str) -> dict[str, float]:
@@ -25,6 +25,15 @@ def rescored_metrics(predictions: pd.DataFrame, protocol: str) -> dict[str, floa
     m = summarize([r["pred"] for r in rows], [r["gold"] for r in rows], [int(r["n_options"]) for r in rows],
                   [r["modality"] for r in rows], [r["question_type"] for r in rows], option_probs=probs)
     return {f"test/{k}": v for k, v in m.items()}
+
+
+def read_scored(tracking_uri: str, run_id: str, protocol: str | None) -> pd.DataFrame:
+    """A run's saved predictions, their ``pred`` rescored under ``protocol`` when one is given, so the
+    per-question intervals and paired tests use the same scoring as the tables."""
+    frame = T.read_predictions(tracking_uri, run_id)
+    if not protocol:
+        return frame
+    return pd.DataFrame(rescore(frame.to_dict("records"), protocol))
 
 
 def rescore_runs(runs: pd.DataFrame, tracking_uri: str, protocol: str) -> tuple[pd.DataFrame, list[str]]:
