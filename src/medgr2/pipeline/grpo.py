@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.grpo import GRPOPolicy
+from medgr2.modules.grpo_config import GRPOConfig
 from medgr2.pipeline.common import build_trainer, output_dir, stage_rows, to_dict
 from medgr2.pipeline.evaluate import evaluate_model
 from medgr2.pipeline.pretrain import _instruction, base_weights
@@ -31,27 +32,18 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     return dict(row)
 
 
+def grpo_config(cfg: DictConfig) -> GRPOConfig:
+    """The typed :class:`GRPOConfig` from the flat ``cfg.stage`` (the GRPO stage's own keys; the loop's
+    ``stage.grpo`` node after :func:`medgr2.pipeline.loop` made it the stage). Non-GRPO keys (``batch_size``,
+    ``init``, ...) are ignored; ``max_steps`` is the schedule length and the instruction is the run's."""
+    values = {k: v for k, v in to_dict(cfg.stage).items() if k in GRPOConfig.flat_keys()}
+    values.update(total_steps=int(cfg.stage.max_steps), instruction=_instruction(cfg))
+    return GRPOConfig.from_flat(values)
+
+
 def build_policy(cfg: DictConfig, weights: str | None) -> GRPOPolicy:
     """The GRPO module from ``cfg.stage`` (every GRPO knob is a documented key of conf/stage/grpo.yaml)."""
-    s = cfg.stage
-    clip = s.get("max_grad_norm")
-    if clip is None:  # default: the trainer's clipping value (manual optimization clips by itself)
-        clip = cfg.trainer.get("gradient_clip_val")
-    return GRPOPolicy(
-        model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
-        warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps), num_generations=int(s.num_generations),
-        max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature), top_p=float(s.top_p),
-        loss_type=str(s.loss_type), epsilon=float(s.epsilon),
-        epsilon_high=None if s.get("epsilon_high") is None else float(s.epsilon_high), beta=float(s.beta),
-        scale_rewards=str(s.scale_rewards), num_iterations=int(s.num_iterations), alpha=float(s.alpha),
-        beta_match=float(s.beta_match), format_weight=float(s.format_weight), rescale_rm=bool(s.rescale_rm),
-        rm_min=float(s.rm_min), rm_max=float(s.rm_max), reward_model=s.get("reward_model"),
-        reward_batch_size=int(s.reward_batch_size), on_nan=str(s.on_nan), max_nan_batches=int(s.max_nan_batches),
-        max_grad_norm=float(clip) if clip else None, instruction=_instruction(cfg), rollout=str(s.rollout),
-        hacking_window=int(s.hacking_window), hacking_threshold=float(s.hacking_threshold),
-        log_flush_every=int(s.get("log_flush_every", 10)),
-        vllm_options=to_dict(s.vllm) if s.get("vllm") is not None else None,
-    )
+    return GRPOPolicy(model=to_dict(cfg.model), weights=weights, config=grpo_config(cfg))
 
 
 def write_rank_audit(out: Path, trainer, module: GRPOPolicy) -> Path:
