@@ -75,6 +75,9 @@ class GRPOPolicy(RolloutMixin, VLMModule):
             cfg = cfg.replace(**overrides)
         if cfg.rollout.rollout == "vllm":
             require_vllm()  # fail before the model is loaded, in one line
+        # Lightning collects this frame's arguments as hyperparameters: keep the dataclass out of them (checkpoints
+        # load with weights_only=True); the flat values are saved below.
+        config = None  # noqa: F841
         super().__init__(model, weights=weights, lr=cfg.lr, weight_decay=cfg.weight_decay,
                          warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
                          eight_bit_optim=cfg.eight_bit_optim, lora=lora)
