@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.grpo import GRPOPolicy
 from medgr2.modules.grpo_config import GRPOConfig
+from medgr2.modules.grpo_resume import GRPOResumeState, ResumableSampler
 from medgr2.pipeline.common import build_trainer, output_dir, stage_rows, to_dict
 from medgr2.pipeline.evaluate import evaluate_model
 from medgr2.pipeline.pretrain import _instruction, base_weights
@@ -30,6 +31,16 @@ def prompt_rows(cfg: DictConfig) -> datasets.Dataset:
 
 def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     return dict(row)
+
+
+def grpo_loader(dataset, batch_size: int) -> tuple[DataLoader, GRPOResumeState]:
+    """The prompt loader (records as they are, ``collate_fn=list``) and the callback that makes it resumable: a
+    resumed run continues with the next prompt of the interrupted epoch and the same RNG states."""
+    sampler = ResumableSampler(dataset)
+    drop_last = len(dataset) >= batch_size
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=list, num_workers=0,
+                        drop_last=drop_last)
+    return loader, GRPOResumeState(sampler, batch_size, drop_last)
 
 
 def grpo_config(cfg: DictConfig) -> GRPOConfig:
@@ -79,13 +90,13 @@ def train_grpo(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Pat
     module = build_policy(cfg, weights)
     # Records go to the module as they are (collate_fn=list): it builds prompts itself, and only when it
     # samples new rollouts (with num_iterations > 1 most steps reuse stored ones).
-    loader = DataLoader(ItemDataset(rows, _record), batch_size=int(s.batch_size), shuffle=True, collate_fn=list,
-                        num_workers=0, drop_last=len(rows) >= int(s.batch_size))
+    loader, resume_state = grpo_loader(ItemDataset(rows, _record), int(s.batch_size))
     with open_dict(cfg):
         # GRPO uses manual optimization, for which Lightning refuses automatic clipping: the module clips.
         cfg.trainer.gradient_clip_val = None
     out = output_dir(cfg)
-    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints")
+    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
+                            extra_callbacks=[resume_state])
     log.info("GRPO on %d prompts x %d rollouts for %d steps from %s (reward model: %s)", len(rows),
              s.num_generations, s.max_steps, weights or "scratch", s.get("reward_model") or "none")
     with warnings.catch_warnings():
