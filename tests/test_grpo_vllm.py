@@ -336,6 +336,8 @@ def test_grpo_starts_the_engine_from_the_policy_pushes_after_each_step_and_train
             kw = p.kwargs
             assert (kw["n"], kw["temperature"], kw["top_p"], kw["max_tokens"]) == (4, 0.9, 0.95, 8)
             assert kw["stop_token_ids"] == module.eos_ids.tolist() and kw["logprobs"] == 0
+            # every sampling knob explicit (none from the model folder's generation config); top_k off = -1
+            assert (kw["top_k"], kw["repetition_penalty"]) == (-1, 1.0)
             seeds.append(kw["seed"])
     assert len(set(seeds)) == len(seeds)
 

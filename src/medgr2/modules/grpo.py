@@ -142,10 +142,6 @@ class GRPOPolicy(RolloutMixin, VLMModule):
             ref = sharding.gather_full_model(self.ref_model, self._rebuild_model, self.device)
             self.ref_model = ref.eval().requires_grad_(False)
 
-    def _hf(self):
-        """The underlying ``Qwen2_5_VLForConditionalGeneration`` (inside a peft wrapper if LoRA)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
     # ------------------------------------------------------------------ rewards
     def score(self, records: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> dict[str, Tensor]:
         """Reward components of N completions (records repeated G times): rm, match, format, total — (N,) each."""
