@@ -111,7 +111,7 @@ def random_model(config: Any, device: torch.device, dtype: torch.dtype):
 
     torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, torch_dtype=dtype)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     return model.train()
 
 
