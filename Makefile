@@ -48,7 +48,7 @@ bench: $(STAMP)
 # JSON + markdown in $$OUT or benchmarks/results/gpu/. DRY=1: the same script on CPU with the tiny model (< 1 min).
 # GPU_PY: the interpreter of an environment with CUDA torch (and vLLM); not the CPU .venv.
 GPU_PY ?= $(BIN)/python
-gpu-check:
+gpu-check: $(if $(DRY),$(STAMP))
 	$(GPU_PY) -m benchmarks.gpu_check $(if $(DRY),--dry)
 
 clean:
