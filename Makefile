@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: install demo test lint bench clean wordnet
+.PHONY: install demo test lint bench clean wordnet gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python -m benchmarks.run_all
+
+# One-shot GPU check (docs/gpu_check.md): pytest -m gpu + the full-size Qwen2.5-VL-3B architecture (random weights);
+# JSON + markdown in $$OUT or benchmarks/results/gpu/. DRY=1: the same script on CPU with the tiny model (< 1 min).
+# GPU_PY: the interpreter of an environment with CUDA torch (and vLLM); not the CPU .venv.
+GPU_PY ?= $(BIN)/python
+gpu-check: $(if $(DRY),$(STAMP))
+	$(GPU_PY) -m benchmarks.gpu_check $(if $(DRY),--dry)
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns mlflow.db .cache

@@ -82,7 +82,7 @@ def test_grpo_with_vllm_rollouts_keeps_the_engine_on_the_policy_weights(shared_c
     spec = {"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(shared_cache)}
     kw = {"max_new_tokens": 12, "num_generations": 4, "alpha": 1.0, "beta_match": 0.0, "rescale_rm": False}
     module = GRPOPolicy(spec, rollout="vllm", lr=3e-2, total_steps=4, **kw,
-                        vllm_options={"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "bfloat16"})
+                        vllm={"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "bfloat16"})
     module.rm_fn = lambda records, texts: torch.tensor([-len(t) / 64.0 for t in texts])
     L.seed_everything(0, verbose=False)
     loader = DataLoader([make_item(SynthMedConfig(), "train", i) for i in range(8)], batch_size=2, shuffle=True,
@@ -95,6 +95,8 @@ def test_grpo_with_vllm_rollouts_keeps_the_engine_on_the_policy_weights(shared_c
     print(f"vllm_logp_gap per step (bf16 engine, fp32 policy): {gaps}")
     assert trainer.global_step == 4 and engine.syncs == 3 and engine.missing == []
     assert max(gaps) < 0.1
+    # Truncated importance sampling is on with rollout=vllm: the ratio policy/sampler stays near 1 when in sync.
+    assert all(abs(row["is_ratio_mean"] - 1.0) < 0.2 for row in module.history)
 
     stale = GRPOPolicy(spec, **kw).to("cuda").eval()  # the initial weights, as an engine never synced would hold
     ro = module._buffer  # the last rollouts, sampled after 3 updates

@@ -336,6 +336,8 @@ def test_grpo_starts_the_engine_from_the_policy_pushes_after_each_step_and_train
             kw = p.kwargs
             assert (kw["n"], kw["temperature"], kw["top_p"], kw["max_tokens"]) == (4, 0.9, 0.95, 8)
             assert kw["stop_token_ids"] == module.eos_ids.tolist() and kw["logprobs"] == 0
+            # every sampling knob explicit (none from the model folder's generation config); top_k off = -1
+            assert (kw["top_k"], kw["repetition_penalty"]) == (-1, 1.0)
             seeds.append(kw["seed"])
     assert len(set(seeds)) == len(seeds)
 
@@ -361,3 +363,33 @@ def test_with_num_iterations_the_engine_gets_one_push_per_new_rollout_batch(shar
     (llm,) = RecordingEngine.made
     assert len(llm.calls) == 2 and engine.syncs == 1  # steps 1 and 2 changed the weights; one push before batch 2
     assert [("vllm_logp_gap" in row) for row in module.history] == [True, False, True, False]  # first use only
+    # the importance ratio is measured once per rollout batch (at its first use) and its weights kept for the reuse
+    assert [("is_ratio_mean" in row) for row in module.history] == [True, False, True, False]
+
+
+@pytest.mark.parametrize(("delta", "weight"), [(0.2, math.exp(0.2)), (-0.5, math.exp(-0.5)), (1.5, 2.0)])
+def test_vllm_rollouts_weight_each_token_by_the_capped_policy_sampler_ratio(shared_cache, delta, weight):
+    """A stand-in sampler whose log-probs are the policy's minus ``delta``: every token's loss is weighted by
+    min(exp(delta), cap = 2), the ratio's statistics are logged, and switching the correction off drops the weight."""
+    module = make_policy(shared_cache, loss_type="bnpo").eval()
+    with_recording_engine(module)
+    torch.manual_seed(0)
+    ro, _ = module.make_rollouts(records(2))
+    module.vllm_rollouts.close()
+    with torch.no_grad():
+        policy, _ = module.completion_logps(module.model, ro)  # (N, Tc)
+    mask = ro.completion_mask.bool()
+    sampler = torch.where(mask, policy - delta, torch.zeros_like(policy))
+    plain = copy.deepcopy(ro)
+    ro.sampler_logps = sampler
+    loss, stats = module.policy_loss(ro)
+    assert torch.allclose(ro.is_weights[mask], torch.full_like(ro.is_weights[mask], weight), rtol=1e-4)
+    assert stats["is_ratio_mean"].item() == pytest.approx(math.exp(delta), rel=1e-4)
+    assert stats["is_capped_frac"].item() == (1.0 if delta > math.log(2.0) else 0.0)
+    assert stats["vllm_logp_gap"].item() == pytest.approx(abs(delta), rel=1e-4)
+    # The surrogate is linear in the weights (bnpo, on-policy): the weighted loss is the plain loss times the weight.
+    module.cfg = module.cfg.replace(vllm_importance_sampling_correction=False)
+    plain.sampler_logps = sampler
+    unweighted, off_stats = module.policy_loss(plain)
+    assert plain.is_weights is None and "is_ratio_mean" not in off_stats and abs(unweighted.item()) > 1e-6
+    assert loss.item() == pytest.approx(weight * unweighted.item(), rel=1e-4, abs=1e-7)

@@ -358,20 +358,24 @@ class VLLMRollouts:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, prompts: Sequence[str], images: Sequence[Any], n: int, *, temperature: float, top_p: float,
-               max_tokens: int, seed: int) -> tuple[Tensor, Tensor]:
+               max_tokens: int, seed: int, top_k: int = 0, repetition_penalty: float = 1.0) -> tuple[Tensor, Tensor]:
         """``n`` completions of each (prompt text, image): ``(tokens (B*n, Tc), logps (B*n, Tc))`` on CPU.
 
         ``prompts`` are full chat-template strings (the image placeholder included, as the HF collator builds
         them); rows are group-contiguous. Prompt ``i`` uses seed ``seed + i*n`` and vLLM gives its j-th sample
         ``seed + i*n + j``: every sample of a batch has its own seed. ``logps`` are vLLM's log-probs of the
-        sampled tokens (0 on padding, NaN where unknown).
+        sampled tokens (0 on padding, NaN where unknown). Every sampling knob is passed explicitly (``top_k`` 0:
+        off, sent as -1, which every vLLM version reads as off), so the model folder's generation config is never
+        what is sampled.
         """
         if self.llm is None:
             raise RuntimeError("VLLMRollouts.sample() before start()")
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
-        params = [self._vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                            seed=seed + i * n, stop_token_ids=self.eos_ids, logprobs=0)
+        params = [self._vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p,
+                                            top_k=top_k if top_k > 0 else -1, repetition_penalty=repetition_penalty,
+                                            max_tokens=max_tokens, seed=seed + i * n, stop_token_ids=self.eos_ids,
+                                            logprobs=0)
                   for i in range(len(prompts))]
         requests = [{"prompt": p, "multi_modal_data": {"image": img}} for p, img in zip(prompts, images, strict=True)]
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.grpo import GRPOPolicy
+from medgr2.modules.grpo_config import GRPOConfig
+from medgr2.modules.grpo_resume import GRPOResumeState, ResumableSampler
 from medgr2.pipeline.common import build_trainer, output_dir, stage_rows, to_dict
 from medgr2.pipeline.evaluate import evaluate_model
 from medgr2.pipeline.pretrain import _instruction, base_weights
@@ -31,27 +33,28 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     return dict(row)
 
 
+def grpo_loader(dataset, batch_size: int) -> tuple[DataLoader, GRPOResumeState]:
+    """The prompt loader (records as they are, ``collate_fn=list``) and the callback that makes it resumable: a
+    resumed run continues with the next prompt of the interrupted epoch and the same RNG states."""
+    sampler = ResumableSampler(dataset)
+    drop_last = len(dataset) >= batch_size
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=list, num_workers=0,
+                        drop_last=drop_last)
+    return loader, GRPOResumeState(sampler, batch_size, drop_last)
+
+
+def grpo_config(cfg: DictConfig) -> GRPOConfig:
+    """The typed :class:`GRPOConfig` from the flat ``cfg.stage`` (the GRPO stage's own keys; the loop's
+    ``stage.grpo`` node after :func:`medgr2.pipeline.loop` made it the stage). Non-GRPO keys (``batch_size``,
+    ``init``, ...) are ignored; ``max_steps`` is the schedule length and the instruction is the run's."""
+    values = {k: v for k, v in to_dict(cfg.stage).items() if k in GRPOConfig.flat_keys()}
+    values.update(total_steps=int(cfg.stage.max_steps), instruction=_instruction(cfg))
+    return GRPOConfig.from_flat(values)
+
+
 def build_policy(cfg: DictConfig, weights: str | None) -> GRPOPolicy:
     """The GRPO module from ``cfg.stage`` (every GRPO knob is a documented key of conf/stage/grpo.yaml)."""
-    s = cfg.stage
-    clip = s.get("max_grad_norm")
-    if clip is None:  # default: the trainer's clipping value (manual optimization clips by itself)
-        clip = cfg.trainer.get("gradient_clip_val")
-    return GRPOPolicy(
-        model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
-        warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps), num_generations=int(s.num_generations),
-        max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature), top_p=float(s.top_p),
-        loss_type=str(s.loss_type), epsilon=float(s.epsilon),
-        epsilon_high=None if s.get("epsilon_high") is None else float(s.epsilon_high), beta=float(s.beta),
-        scale_rewards=str(s.scale_rewards), num_iterations=int(s.num_iterations), alpha=float(s.alpha),
-        beta_match=float(s.beta_match), format_weight=float(s.format_weight), rescale_rm=bool(s.rescale_rm),
-        rm_min=float(s.rm_min), rm_max=float(s.rm_max), reward_model=s.get("reward_model"),
-        reward_batch_size=int(s.reward_batch_size), on_nan=str(s.on_nan), max_nan_batches=int(s.max_nan_batches),
-        max_grad_norm=float(clip) if clip else None, instruction=_instruction(cfg), rollout=str(s.rollout),
-        hacking_window=int(s.hacking_window), hacking_threshold=float(s.hacking_threshold),
-        log_flush_every=int(s.get("log_flush_every", 10)),
-        vllm_options=to_dict(s.vllm) if s.get("vllm") is not None else None,
-    )
+    return GRPOPolicy(model=to_dict(cfg.model), weights=weights, config=grpo_config(cfg))
 
 
 def write_rank_audit(out: Path, trainer, module: GRPOPolicy) -> Path:
@@ -87,13 +90,13 @@ def train_grpo(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Pat
     module = build_policy(cfg, weights)
     # Records go to the module as they are (collate_fn=list): it builds prompts itself, and only when it
     # samples new rollouts (with num_iterations > 1 most steps reuse stored ones).
-    loader = DataLoader(ItemDataset(rows, _record), batch_size=int(s.batch_size), shuffle=True, collate_fn=list,
-                        num_workers=0, drop_last=len(rows) >= int(s.batch_size))
+    loader, resume_state = grpo_loader(ItemDataset(rows, _record), int(s.batch_size))
     with open_dict(cfg):
         # GRPO uses manual optimization, for which Lightning refuses automatic clipping: the module clips.
         cfg.trainer.gradient_clip_val = None
     out = output_dir(cfg)
-    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints")
+    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
+                            extra_callbacks=[resume_state])
     log.info("GRPO on %d prompts x %d rollouts for %d steps from %s (reward model: %s)", len(rows),
              s.num_generations, s.max_steps, weights or "scratch", s.get("reward_model") or "none")
     with warnings.catch_warnings():

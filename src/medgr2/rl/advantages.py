@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["SCALE_CHOICES", "STD_EPS", "group_advantages", "zero_variance_fraction"]
+__all__ = ["SCALE_CHOICES", "STD_EPS", "global_reward_std", "group_advantages", "zero_variance_fraction"]
 
 SCALE_CHOICES: tuple[str, ...] = ("group", "batch", "none")
 # TRL adds this to the std before dividing; keeping the same constant keeps us numerically comparable.
@@ -45,7 +45,8 @@ def _constant_groups(grouped: Tensor) -> Tensor:
     return grouped.amax(dim=1) == grouped.amin(dim=1)
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group",
+                     batch_std: Tensor | float | None = None) -> Tensor:
     """Group-relative advantages ``A = r - mean_group(r)``, optionally standardised.
 
     Args:
@@ -54,6 +55,8 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
         scale: ``"group"`` divides by the per-group std (Bessel-corrected) + 1e-4; ``"batch"`` keeps the
             per-group mean but divides by the std over the whole batch + 1e-4 (TRL ``scale_rewards="batch"``);
             ``"none"`` does not divide (Dr. GRPO).
+        batch_std: with ``scale="batch"``, the std to divide by instead of this batch's own: under data
+            parallelism the std of the rewards of *all* ranks (:func:`global_reward_std`), as TRL gathers them.
 
     Returns:
         (B,) advantages with the dtype of ``rewards`` (float32 for integer input).
@@ -80,7 +83,10 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
         adv = adv / (std + STD_EPS)
     elif scale == "batch":
-        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+        if batch_std is not None:
+            std = torch.as_tensor(batch_std, dtype=rewards.dtype)
+        else:
+            std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
         adv = adv / (std.to(rewards.device) + STD_EPS)
 
     # mean() of identical floats can differ from them in the last ulp (float32 mean of three 0.9s is off by
@@ -100,3 +106,21 @@ def zero_variance_fraction(rewards: Tensor, group_size: int) -> float:
     """
     rewards = _check_rewards(rewards, group_size)
     return float(_constant_groups(rewards.view(-1, group_size)).float().mean().item())
+
+
+def global_reward_std(rewards: Tensor) -> Tensor:
+    """Bessel-corrected std of the rewards of every rank of the default process group (this rank's alone when
+    none is initialised): one all-reduce of (count, sum, sum of squares) in float64, so ranks may hold different
+    numbers of rewards. rewards: (B,) -> 0-dim tensor on the rewards' device."""
+    import torch.distributed as dist
+
+    x = rewards.detach().double().reshape(-1)  # (B,)
+    moments = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device), x.sum(),
+                           (x * x).sum()])  # (3,)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(moments)
+    n, s, sq = moments.unbind()
+    if float(n) < 2:
+        return torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    var = ((sq - s * s / n) / (n - 1)).clamp(min=0.0)
+    return var.sqrt().to(rewards.dtype)

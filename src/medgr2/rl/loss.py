@@ -68,8 +68,11 @@ def grpo_loss_with_stats(
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
     num_items_in_batch: float | Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """GRPO loss plus diagnostics. Arguments as in :func:`grpo_loss`.
+    """GRPO loss plus diagnostics. Arguments as in :func:`grpo_loss`; ``token_weights`` (B, T), detached,
+    multiplies each token's clipped surrogate before the KL term is added (TRL's vLLM importance-sampling
+    correction, :mod:`medgr2.rl.importance`).
 
     Returns:
         ``(loss, stats)``: ``loss`` is a 0-dim tensor with grad; ``stats`` holds detached 0-dim tensors
@@ -105,6 +108,11 @@ def grpo_loss_with_stats(
     coef_1 = torch.exp(logps - old_logps)  # (B, T)
     coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)  # (B, T)
     per_token_loss = -torch.min(coef_1 * adv, coef_2 * adv)  # (B, T)
+    if token_weights is not None:
+        if token_weights.shape != logps.shape:
+            raise ValueError(f"token_weights must have the shape of logps {tuple(logps.shape)}, "
+                             f"got {tuple(token_weights.shape)}")
+        per_token_loss = per_token_loss * token_weights.detach().to(logps.dtype)  # (B, T)
 
     per_token_kl = None
     if beta > 0:
