@@ -25,6 +25,17 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss / n
 
 
+def answer_window(labels: torch.Tensor) -> int:
+    """How many final positions need logits: from the step that predicts the first labelled token to the end.
+
+    labels: (B, T) with -100 outside the targets, which are left-padded to the right end (the collator's
+    layout). The LM head then runs on ``(B, K, hidden)`` instead of ``(B, T, hidden)`` — with a 152k vocabulary
+    most of an SFT step's time and memory (transformers' ``logits_to_keep``). At least 1.
+    """
+    cols = torch.nonzero((labels != IGNORE).any(dim=0)).flatten()
+    return int(labels.shape[1] - cols.min().item() + 1) if cols.numel() else 1
+
+
 def letter_stats(logits: torch.Tensor, input_ids: torch.Tensor, letter_pos: torch.Tensor,
                  letter_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Teacher-forced loss and accuracy of the answer letter, restricted to the option letters A–D.
