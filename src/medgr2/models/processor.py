@@ -63,7 +63,7 @@ def square_side(image_size: int) -> int:
 
 def image_tokens(height: int, width: int, min_pixels: int, max_pixels: int) -> int:
     """LM tokens for one image of ``height`` x ``width`` under Qwen's ``smart_resize`` (patch 14, merge 2)."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # no torchvision
 
     h, w = smart_resize(height, width, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
     return (h // FACTOR) * (w // FACTOR)
