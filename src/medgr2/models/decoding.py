@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Greedy decoding whatever the checkpoint says: no sampling, no beams, no penalty, no top-k / top-p.
-GREEDY: dict[str, Any] = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+#: Greedy decoding whatever the checkpoint says: no sampling, no beams, no penalty (top-k / top-p / temperature act
+#: only when sampling; the neutral temperature and top_p keep transformers from warning about the checkpoint's).
+GREEDY: dict[str, Any] = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_p": 1.0,
                           "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 
 

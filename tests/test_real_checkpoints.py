@@ -1,0 +1,140 @@
+"""The stages on real-layout Qwen2.5-VL checkpoints (real config, tokenizer, chat template, preprocessor and
+generation config; random narrow weights under the real key names — see tests/real_layout.py).
+
+Skipped, saying why, where the real checkpoint files are absent. Kept small: one build of each layout per
+session, 56x56 images (4 image tokens), one or two steps per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+import real_layout
+import torch
+from conftest import compose_cfg
+from safetensors.torch import load_file
+
+from medgr2.data.synthmed import SynthMedConfig, make_item
+from medgr2.evaluation.evaluate import predict
+from medgr2.models.factory import load_vlm
+from medgr2.pipeline import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not real_layout.available(), reason=real_layout.SKIP_REASON)]
+
+# The qwen configs as a user runs them (LoRA on, bf16 -> fp32 on CPU), at test size.
+SMALL = ["model.dtype=float32", "model.image_size=56", "data.n_pretrain=16", "data.n_train=32", "data.n_val=8",
+         "data.n_test=8", "evaluate.batch_size=4", "evaluate.max_new_tokens=8", "evaluate.limit=4",
+         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "print_config=false"]
+
+
+@pytest.fixture(scope="session")
+def real_ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("real_layout")
+    return {size: real_layout.build(root / size, size) for size in ("3b", "7b")}
+
+
+def _cfg(tmp_path: Path, cache: Path, size: str, path: Path, *over: str):
+    return compose_cfg(tmp_path, cache, f"model=qwen2_5_vl_{size}", f"model.path={path}", *SMALL, *over,
+                       test_size=False)
+
+
+def _metric_history(cfg, stage: str, key: str) -> list[float]:
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.logger.experiment], filter_string=f"tags.stage = '{stage}'")
+    client = mlflow.MlflowClient()
+    return [m.value for rid in runs["run_id"] for m in client.get_metric_history(rid, key)]
+
+
+@pytest.mark.parametrize("size", ["3b", "7b"])
+def test_sft_with_lora_trains_logs_letter_metrics_and_its_export_reloads_with_the_same_outputs(
+        real_ckpts, tmp_path, shared_cache, size):
+    base = real_ckpts[size]
+    cfg = _cfg(tmp_path, shared_cache, size, base, "stage=sft", "stage.max_steps=2", "stage.train_size=8",
+               "stage.batch_size=4", "stage.val_every=2", "stage.val_size=4", "stage.lr=1e-2",
+               "experiment_name=real_sft")
+    assert cfg.model.lora.enabled
+    metrics = run(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["test/auc"])
+    # Letter metrics are logged under Qwen's tokenizer too (it merges the letter into ">B").
+    for key in ("train/loss", "train/letter_loss", "train/letter_acc", "val/letter_loss"):
+        hist = _metric_history(cfg, "sft", key)
+        assert hist and all(math.isfinite(v) for v in hist), key
+    params = mlflow.get_run(mlflow.search_runs(experiment_names=[cfg.logger.experiment])["run_id"][0]).data.params
+    assert params["decoding/evaluate/repetition_penalty"] == "1.0"
+    assert params["decoding/evaluate/do_sample"] == "False"
+    # The export: LoRA merged into the real-layout weights, processor saved beside them; it reloads as its base did.
+    out = Path(cfg.paths.output_dir) / "policy"
+    policy = load_file(str(out / "model.safetensors"))
+    changed = [k for k in policy if "q_proj" in k or "v_proj" in k]
+    assert changed
+    model, processor = load_vlm(cfg.model, weights=str(out), lora=False)
+    assert model.config.text_config.vocab_size == (151936 if size == "3b" else 152064)
+    assert model.config.tie_word_embeddings == (size == "3b")
+    base_model, _ = load_vlm(cfg.model, weights=str(base), lora=False)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), base_model.parameters(), strict=True))
+    preds = [json.loads(x) for x in (Path(cfg.paths.output_dir) / "predictions.jsonl").read_text().splitlines()]
+    # The reloaded export predicts what the trained module predicted at the end of the stage (same test rows).
+    from medgr2.pipeline.common import load_split
+
+    again = predict(model, processor, load_split(cfg, "test", limit=4), batch_size=4, max_new_tokens=8,
+                    progress=False)
+    # Random weights give near-flat next-token distributions: merged-LoRA rounding can flip a greedy near-tie,
+    # so rows are compared where the completions agree. Measured (open): option probabilities of the reloaded
+    # export differ from the in-memory LoRA model's by up to ~0.01 here, hence the loose tolerance.
+    same = [(a, b) for a, b in zip(again, preds, strict=True) if a["completion"] == b["completion"]]
+    assert len(same) >= 2
+    for a, b in same:
+        assert a["option_probs"] == pytest.approx(b["option_probs"], abs=0.05)
+    # The saved processor is the base's: same token ids and pixels for the same item.
+    from medgr2.data.collate import ChatCollator
+    from medgr2.models.processor import load_processor
+
+    item = {"image": make_item(SynthMedConfig(), "test", 0)["image"], "prompt": "q?", "prefix": "", "target": ""}
+    a = ChatCollator(processor, generation=True)([item])
+    b = ChatCollator(load_processor(str(base), image_size=56), generation=True)([item])
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+    assert type(processor).__name__ in ("ImageOnlyQwen2_5_VLProcessor", "Qwen2_5_VLProcessor")
+
+
+@pytest.mark.parametrize("rollout", ["expand", "repeat"])
+def test_grpo_runs_on_the_real_layout_in_both_rollout_modes(real_ckpts, tmp_path, shared_cache, rollout):
+    cfg = _cfg(tmp_path, shared_cache, "3b", real_ckpts["3b"], "stage=grpo", f"stage.rollout={rollout}",
+               "stage.max_steps=1", "stage.train_size=4", "stage.batch_size=2", "stage.num_generations=2",
+               "stage.max_new_tokens=6", "stage.alpha=0.0", "stage.beta_match=1.0", "stage.lr=1e-3",
+               "evaluate.limit=2")
+    metrics = run(cfg)
+    assert metrics["nan_batches"] == 0.0 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert all(math.isfinite(v) for v in _metric_history(cfg, "grpo", "train/loss"))
+    assert (Path(cfg.paths.output_dir) / "policy" / "model.safetensors").exists()
+
+
+def test_reward_model_on_the_real_layout_exports_and_scores_the_same_after_reload(real_ckpts, tmp_path):
+    from medgr2.modules.reward import RewardRegressor, RewardScorer, reward_item
+
+    spec = {"name": "qwen2_5_vl_3b", "path": str(real_ckpts["3b"]), "dtype": "float32", "image_size": 56,
+            "lora": {"enabled": True, "r": 4, "alpha": 8}}
+    torch.manual_seed(0)
+    module = RewardRegressor(spec, head_hidden=8, target_mean=2.5, target_std=6.0)
+    for p in module.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    rows = [{**make_item(SynthMedConfig(), "train", i), "response": f"<think>x</think><answer>{'ABCD'[i]}</answer>"}
+            for i in range(3)]
+    from medgr2.modules.reward_collate import RewardCollator
+
+    items = [{**reward_item(r), "score_target": 10.0 - 5.0 * i} for i, r in enumerate(rows)]
+    batch = RewardCollator(module.processor)(items)
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.model.named_parameters()
+               if "lora" in n)
+    module.eval()
+    with torch.no_grad():
+        direct = module(batch).tolist()
+    export = module.export(tmp_path / "rm")
+    scored = RewardScorer(export, device="cpu").score(rows)
+    assert scored == pytest.approx(direct, abs=1e-4)
