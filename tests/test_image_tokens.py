@@ -56,3 +56,33 @@ def test_min_pixels_above_max_pixels_is_refused(processor):
     with pytest.raises(ValueError, match="min_pixels"):
         set_resolution(processor, min_pixels=10_000, max_pixels=100)
     set_resolution(processor, image_size=56)
+
+
+def test_sequence_stats_count_image_tokens_per_size_and_the_longest_row(processor):
+    from medgr2.data.seq_stats import sequence_stats
+    from medgr2.data.synthmed import SynthMedConfig, make_item
+
+    set_resolution(processor, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    recs = [make_item(SynthMedConfig(), "train", i) for i in range(3)]
+    recs[0] = {**recs[0], "image": Image.new("RGB", (2048, 2048))}  # capped at 16 tokens
+    recs[1] = {**recs[1], "image": Image.new("RGB", (112, 56))}  # 8 tokens
+    recs[2] = {**recs[2], "image": "/no/such/image.png"}  # unreadable: counted, left out
+    s = sequence_stats(recs, processor, "")
+    set_resolution(processor, image_size=56)
+    assert s["image_tokens"] == {"min": 8.0, "median": 12.0, "max": 16.0}
+    assert s["unreadable_images"] == 1 and s["rows"] == 2
+    assert s["longest"]["tokens"] == s["sequence_tokens"]["max"] and s["longest"]["image_tokens"] == 16
+    assert s["logits_gb"]["answer_only"] < s["logits_gb"]["full"]
+
+
+def test_inspect_stage_reports_image_tokens_and_sequence_lengths(make_cfg):
+    import json
+    from pathlib import Path
+
+    from medgr2.pipeline import run
+
+    cfg = make_cfg("stage=inspect", "logger=none", "stage.seq_rows=20")
+    metrics = run(cfg)
+    assert metrics["data/image_tokens/min"] == metrics["data/image_tokens/max"] == 4.0  # tiny: 56 px -> 4
+    seq = json.loads((Path(cfg.paths.output_dir) / "data_stats.json").read_text())["sequences"]
+    assert seq["rows"] == 20 and seq["sequence_tokens"]["max"] == metrics["data/sequence_tokens/max"] > 4
