@@ -81,3 +81,24 @@ def test_answer_window_logits_give_the_same_losses_as_full_logits(tiny):
     b = letter_stats(part, ptail["input_ids"], ptail["letter_pos"], ptail["letter_ids"])
     torch.testing.assert_close(a["letter_loss"], b["letter_loss"])
     assert not torch.isnan(a["letter_loss"])
+
+
+@needs_real
+@pytest.mark.skipif(not __import__("medgr2.models.processor", fromlist=["x"]).torchvision_available(),
+                    reason="torchvision not installed (CPU wheel): transformers' own processor cannot be built")
+def test_transformers_processor_and_the_image_only_one_give_the_same_inputs(real_processor):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from medgr2.models.processor import ImageOnlyQwen2_5_VLProcessor, set_resolution
+
+    path = str(real_layout.REAL_ROOT / "Qwen2.5-VL-7B-Instruct")
+    ours, theirs = ImageOnlyQwen2_5_VLProcessor.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    for p in (ours, theirs):
+        set_resolution(p, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    img = Image.effect_mandelbrot((300, 200), (-2, -1, 1, 1), 60).convert("RGB")
+    text = "<|vision_start|><|image_pad|><|vision_end|>What is shown?"
+    a = ours(text=[text], images=[img], return_tensors="pt")
+    b = theirs(text=[text], images=[img], return_tensors="pt")
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["image_grid_thw"], b["image_grid_thw"])
+    torch.testing.assert_close(a["pixel_values"].float(), b["pixel_values"].float(), atol=0.05, rtol=0)
