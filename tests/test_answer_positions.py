@@ -9,6 +9,7 @@ import torch
 from medgr2.data.collate import IGNORE, ChatCollator, letter_slot, vqa_item
 from medgr2.data.synthmed import SynthMedConfig, make_item
 from medgr2.models.factory import load_vlm
+from medgr2.models.processor import torchvision_available
 from medgr2.rl.lm_loss import answer_nll, answer_window, letter_stats
 
 needs_real = pytest.mark.skipif(not real_layout.available(), reason=real_layout.SKIP_REASON)
@@ -84,7 +85,7 @@ def test_answer_window_logits_give_the_same_losses_as_full_logits(tiny):
 
 
 @needs_real
-@pytest.mark.skipif(not __import__("medgr2.models.processor", fromlist=["x"]).torchvision_available(),
+@pytest.mark.skipif(not torchvision_available(),
                     reason="torchvision not installed (CPU wheel): transformers' own processor cannot be built")
 def test_transformers_processor_and_the_image_only_one_give_the_same_inputs(real_processor):
     from PIL import Image
