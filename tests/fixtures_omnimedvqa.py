@@ -73,10 +73,13 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
     unknown modality, an unknown question type and a non-object item. Good items include 2-option
     items (C/D absent, or empty strings), a 3-option item, an image shared by two questions,
     ``gt_answer`` differing from its option in case and spaces, and the OCT modality string without its
-    closing parenthesis.
+    closing parenthesis. Real-data cases: options repeated up to case or exactly (kept: the answer is not a
+    repeat), the answer one of the repeats (skipped), an answer matching two options ignoring case and none
+    exactly (skipped, ambiguous), and a byte copy of a train image under a test path (leakage by content).
 
     Returns:
-        ``{"layout": "raw", "n_records": int, "skipped": {reason: n}, "datasets": {name: n},
+        ``{"layout": "raw", "n_records": int, "skipped": {reason: n}, "warnings": {reason: n},
+        "repeated_option_ids": [id, ...], "leakage": {...}, "datasets": {name: n},
         "splits": {split: n}, "records": {id: {"answer", "answer_text", "n_options", "modality", "question_type"}},
         "shared_image_ids": [id, id], "malformed_file": "Broken.json"}``
     """
@@ -89,6 +92,7 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
     # Image numbers chosen so that hash_split (by image path) puts BetaEye items in all three splits.
     for k in (1, 2, 3, 7, 10, 12):
         _png(b_dir / f"b{k}.png", 100 + k)
+    (b_dir / "a3_copy5.png").write_bytes((a_dir / "a3.png").read_bytes())
     (a_dir / "a_empty.png").write_bytes(b"")
     # A NUL first byte guarantees no image format recognises the header.
     (a_dir / "a_corrupt.png").write_bytes(b"\x00" + random.Random(7).randbytes(255))
@@ -224,6 +228,17 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
         _raw_item(
             "AlphaCT", "a-12", ct, "Counting", "How many nodules?", ["1", "2"], "2", "Images/AlphaCT/a3.png"
         ),
+        # Real items repeat an option up to case, or exactly; kept when the answer is not a repeat.
+        _raw_item("AlphaCT", "a-13", ct, "Anatomy Identification", "Which gland or organ is this?",
+                  ["Thyroid Gland", "Liver", "Thyroid gland", "Kidney"], "Liver", "Images/AlphaCT/a2.png"),
+        _raw_item("AlphaCT", "a-14", "X-Ray", "Modality Recognition", "Which imaging technique?",
+                  ["SPECT", "CT", "SPECT", "MRI"], "CT", "Images/AlphaCT/a4.png"),
+        # The answer is one of the repeats: two right answers, skipped.
+        _raw_item("AlphaCT", "a-15", ct, "Anatomy Identification", "Which gland?",
+                  ["Thyroid Gland", "Thyroid gland", "Liver"], "Thyroid Gland", "Images/AlphaCT/a2.png"),
+        # The answer matches two options ignoring case and none exactly: its letter cannot be told.
+        _raw_item("AlphaCT", "a-16", ct, "Anatomy Identification", "Which gland is shown?",
+                  ["Thyroid Gland", "thyroid gland", "Liver"], "THYROID GLAND", "Images/AlphaCT/a2.png"),
     ]
     b = "BetaEye"
     beta = [
@@ -293,6 +308,9 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
             "Images/BetaEye/b12.png",
             modality_key="modality",
         ),
+        # A byte copy of AlphaCT/a3.png (train) under a path that hash_split puts in test: leakage by content.
+        _raw_item(b, 107, "Dermoscopy", "Disease Diagnosis", "Is the lesion malignant?", ["Yes", "No"], "Yes",
+                  "Images/BetaEye/a3_copy5.png", modality_key="modality"),
     ]
     (qa / "AlphaCT.json").write_text(json.dumps(alpha, indent=1), encoding="utf-8")
     (qa / "BetaEye.json").write_text(json.dumps(beta, indent=1), encoding="utf-8")
@@ -313,12 +331,15 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
         "AlphaCT/a-3": exp("B", "No", 2, "CT", "Disease Diagnosis"),
         "AlphaCT/a-4": exp("A", "Yes", 2, "X-Ray", "Other Biological Attributes"),
         "AlphaCT/a-11": exp("C", "Grade 3", 4, "CT", "Lesion Grading"),
+        "AlphaCT/a-13": exp("B", "Liver", 4, "CT", "Anatomy Identification"),
+        "AlphaCT/a-14": exp("B", "CT", 4, "X-Ray", "Modality Recognition"),
         "BetaEye/101": exp("D", "DME", 4, "OCT", "Disease Diagnosis"),
         "BetaEye/102": exp("B", "Grade 1", 4, "FP", "Lesion Grading"),
         "BetaEye/103": exp("A", "Thyroid", 4, "US", "Anatomy Identification"),
         "BetaEye/104": exp("C", "Melanoma", 4, "Der", "Disease Diagnosis"),
         "BetaEye/105": exp("B", "H&E", 2, "Micro", "Other Biological Attributes"),
         "BetaEye/106": exp("C", "Normal", 3, "FP", "Disease Diagnosis"),
+        "BetaEye/107": exp("A", "Yes", 2, "Der", "Disease Diagnosis"),
     }
     return {
         "layout": "raw",
@@ -333,191 +354,25 @@ def write_omnimedvqa_fixture(root: Path) -> dict[str, Any]:
             "unknown_question_type": 1,
             "malformed_record": 1,
             "malformed_json": 1,
+            "answer_is_repeated_option": 1,
+            "ambiguous_answer": 1,
         },
-        "datasets": {"AlphaCT": 5, "BetaEye": 6},
+        "warnings": {"repeated_options": 2},
+        "repeated_option_ids": ["AlphaCT/a-13", "AlphaCT/a-14"],
+        "datasets": {"AlphaCT": 7, "BetaEye": 7},
         # Fixed by hash_split of the image path; a change here means every user's split changed.
-        "splits": {"train": 8, "val": 1, "test": 2},
+        "splits": {"train": 10, "val": 1, "test": 3},
+        # Split by image path, so nothing is shared by path; a3_copy5.png (test) is a3.png (train) by content.
+        "leakage": {"train_images": 7, "test_images": 3, "shared_by_path": 0, "shared_by_content": 1,
+                    "train_questions": 1, "test_questions": 1},
         "records": records,
         "shared_image_ids": ["AlphaCT/a-1", "AlphaCT/a-11"],
         "malformed_file": "Broken.json",
     }
 
 
-def write_medr1_fixture(root: Path) -> dict[str, Any]:
-    """Write a Med-R1 ``Splits`` tree (both axes) plus its images under ``root``; return the expectations.
+def write_medr1_fixture(root: Path, qa_root: Path | None = None) -> dict[str, Any]:
+    """The Med-R1 layout fixture: see :func:`fixtures_medr1.write_medr1_fixture` (kept importable from here)."""
+    from fixtures_medr1 import write_medr1_fixture as write
 
-    Modality tree: ``CT(Computed Tomography)_train.json`` (3 good items in different option styles, then
-    a missing image, a problem without options, an answer letter beyond the options and an item without
-    ``solution``), ``CT_test.json`` (1 good item with ``(A)`` markers, 1 unparseable solution),
-    ``OCT (Optical Coherence Tomography_test.json`` (1 good), ``Thermal_train.json`` (1 item, unknown
-    modality) and ``X-Ray_train.json`` (not JSON). Question-type tree: ``Modality Recognition_train.json``
-    (modality read from the answer), ``OBA_train.json`` (abbreviated name; modality from the image
-    path), ``Disease Diagnosis_test.json`` (modality from the question text; one falling back).
-
-    Returns:
-        ``{"modality": tree, "question_type": tree}``, each tree being ``{"n_records": int,
-        "skipped": {reason: n}, "splits": {split: n}, "by_question": {question: {"options", "answer",
-        "answer_text", "modality", "question_type", "split", "guessed"}}}``; ``guessed`` is how the
-        axis missing from the tree was set ("keywords", "answer" or "fallback").
-    """
-    root = Path(root)
-    imgs = {
-        "c1": "Images/ChestCT/c1.png",
-        "c2": "Images/ChestCT/c2.png",
-        "c3": "Images/ChestCT/c3.png",
-        "o1": "Images/RetinaOCT/o1.png",
-        "t1": "Images/Thermo/t1.png",
-        "b1": "Images/BrainSet/b1.png",
-        "e1": "Images/EyeSet/e1.png",
-        "m1": "Images/Misc/m1.png",
-        "h1": "Images/HistoMicroscopy/h1.png",
-    }
-    for k, (_, rel) in enumerate(sorted(imgs.items())):
-        _png(root / rel, 200 + k)
-
-    def write(axis: str, split: str, name: str, items: Any, raw: str | None = None) -> None:
-        path = root / "Splits" / axis / split / f"{name}_{split}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(raw if raw is not None else json.dumps(items, indent=1), encoding="utf-8")
-
-    def item(image: str, problem: str, solution: str | None) -> dict[str, str]:
-        out = {"image": image, "problem": problem}
-        if solution is not None:
-            out["solution"] = solution
-        return out
-
-    write(
-        "modality",
-        "train",
-        "CT(Computed Tomography)",
-        [
-            item(
-                imgs["c1"],
-                "What imaging modality is shown? A)CT, B)X-ray, C)MRI, D)US",
-                "<answer> A </answer>",
-            ),
-            item(
-                imgs["c2"],
-                "Which organ is shown in this image?\nA) liver\nB) kidney\nC) lung",
-                "<answer>C</answer>",
-            ),
-            item(imgs["c3"], "What is the color of the marked area? A)red,B)blue", "<answer> B </answer>"),
-            item("Images/ChestCT/missing.png", "Is the image sharp? A)yes, B)no", "<answer> A </answer>"),
-            item(imgs["c1"], "Describe the image.", "<answer> A </answer>"),
-            item(imgs["c2"], "Is it contrast enhanced? A)yes, B)no", "<answer> D </answer>"),
-            item(imgs["c3"], "Where is the nodule? A)left, B)right", None),
-        ],
-    )
-    write(
-        "modality",
-        "test",
-        "CT",
-        [
-            item(imgs["c2"], "Is there a tumor? (A) yes (B) no", "<answer>A</answer>"),
-            item(imgs["c3"], "Is there a cyst? A)yes, B)no", "I do not know"),
-        ],
-    )
-    write(
-        "modality",
-        "test",
-        "OCT (Optical Coherence Tomography",
-        [
-            item(imgs["o1"], "What stage is the lesion? A)early, B)late", "<answer> B </answer>"),
-        ],
-    )
-    write(
-        "modality", "train", "Thermal", [item(imgs["t1"], "Is it warm? A)yes, B)no", "<answer> A </answer>")]
-    )
-    write("modality", "train", "X-Ray", None, raw='[{"image": "Images/x.png", ')
-
-    write(
-        "question_type",
-        "train",
-        "Modality Recognition",
-        [
-            item(
-                imgs["b1"],
-                "What modality is this? A)CT, B)MR (Mag-netic Resonance Imaging)",
-                "<answer> B </answer>",
-            ),
-        ],
-    )
-    write(
-        "question_type",
-        "train",
-        "OBA",
-        [
-            item(imgs["h1"], "What is the cell count? A)1,B)2,C)3", "<answer> C </answer>"),
-        ],
-    )
-    write(
-        "question_type",
-        "test",
-        "Disease Diagnosis",
-        [
-            item(imgs["e1"], "Is this fundus image normal? A)yes, B)no", "<answer> A </answer>"),
-            item(imgs["m1"], "Is there an abnormality? A)yes, B)no", "<answer> B </answer>"),
-        ],
-    )
-
-    def exp(
-        options: list[str], answer: str, modality: str, qtype: str, split: str, guessed: str
-    ) -> dict[str, Any]:
-        text = options["ABCD".index(answer)]
-        return {
-            "options": options,
-            "answer": answer,
-            "answer_text": text,
-            "modality": modality,
-            "question_type": qtype,
-            "split": split,
-            "guessed": guessed,
-        }
-
-    modality_tree = {
-        "What imaging modality is shown?": exp(
-            ["CT", "X-ray", "MRI", "US"], "A", "CT", "Modality Recognition", "train", "keywords"
-        ),
-        "Which organ is shown in this image?": exp(
-            ["liver", "kidney", "lung"], "C", "CT", "Anatomy Identification", "train", "keywords"
-        ),
-        "What is the color of the marked area?": exp(
-            ["red", "blue"], "B", "CT", "Other Biological Attributes", "train", "fallback"
-        ),
-        "Is there a tumor?": exp(["yes", "no"], "A", "CT", "Disease Diagnosis", "test", "keywords"),
-        "What stage is the lesion?": exp(["early", "late"], "B", "OCT", "Lesion Grading", "test", "keywords"),
-    }
-    qtype_tree = {
-        "What modality is this?": exp(
-            ["CT", "MR (Mag-netic Resonance Imaging)"], "B", "MRI", "Modality Recognition", "train", "answer"
-        ),
-        "What is the cell count?": exp(
-            ["1", "2", "3"], "C", "Micro", "Other Biological Attributes", "train", "keywords"
-        ),
-        "Is this fundus image normal?": exp(
-            ["yes", "no"], "A", "FP", "Disease Diagnosis", "test", "keywords"
-        ),
-        "Is there an abnormality?": exp(["yes", "no"], "B", "MRI", "Disease Diagnosis", "test", "fallback"),
-    }
-    return {
-        "modality": {
-            "n_records": len(modality_tree),
-            "skipped": {
-                "missing_image": 1,
-                "unparseable_options": 1,
-                "answer_not_in_options": 1,
-                "missing_field": 1,
-                "unparseable_answer": 1,
-                "unknown_modality": 1,
-                "malformed_json": 1,
-            },
-            "splits": {"train": 3, "test": 2},
-            "by_question": modality_tree,
-        },
-        "question_type": {
-            "n_records": len(qtype_tree),
-            "skipped": {},
-            "splits": {"train": 2, "test": 2},
-            "by_question": qtype_tree,
-        },
-    }
+    return write(root, qa_root)

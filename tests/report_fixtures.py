@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,7 +123,7 @@ def build_store(root: Path) -> Store:
     return store
 
 
-_BUILT: dict[str, Store] = {}
+_BUILT: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="session")
@@ -131,3 +132,106 @@ def report_store(tmp_path_factory) -> Store:
     if "store" not in _BUILT:
         _BUILT["store"] = build_store(tmp_path_factory.mktemp("report_store"))
     return _BUILT["store"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A multi-seed store: every arm on the same N_Q questions, per-question correctness drawn from a fixed seed.
+
+N_Q = 200
+# arm -> (recipe, stage, tags, accuracy per seed); the per-question draws make the logged test/acc exact.
+SEED_ARMS: dict[str, tuple[str, str, dict[str, str], dict[int, float]]] = {
+    "randk-1000": ("randk", "loop", {"k": "1000"}, {0: 0.55, 1: 0.52, 2: 0.57}),
+    "topk-1000": ("topk", "loop", {"k": "1000"}, {0: 0.74, 1: 0.77, 2: 0.72}),
+    "randk-2000": ("randk", "loop", {"k": "2000"}, {0: 0.70, 1: 0.68, 2: 0.71}),
+    "topk-2000": ("topk", "loop", {"k": "2000"}, {0: 0.80, 1: 0.78, 2: 0.81}),
+    "topk_grpo-1000": ("topk_grpo", "loop", {"k": "1000"}, {0: 0.84, 1: 0.86, 2: 0.83}),
+    "topk_grpo-2000": ("topk_grpo", "loop", {"k": "2000"}, {0: 0.80, 1: 0.79, 2: 0.81}),
+    "rand-all": ("rand_all", "loop", {}, {0: 0.79, 1: 0.80, 2: 0.78}),
+    "sft-raw": ("sft_raw", "sft", {}, {0: 0.45}),
+    "sft-rewarded": ("sft_rewarded", "sft", {}, {0: 0.78, 1: 0.80}),
+    "zero-shot": ("zero_shot", "evaluate", {}, {0: 0.30}),
+    "xmod-CT": ("cross_modality", "loop", {"source": "CT", "source_axis": "modality"}, {0: 0.60, 1: 0.62}),
+    "xmod-MRI": ("cross_modality", "loop", {"source": "MRI", "source_axis": "modality"}, {0: 0.58, 1: 0.61}),
+}
+LOOP_ACC = {0: (0.70, 0.78), 1: (0.72, 0.80)}  # seed -> (iteration 0, iteration 1)
+
+
+def seed_correctness(arm: str, seed: int, acc: float) -> list[int]:
+    """Exactly round(acc * N_Q) correct questions, placed by a fixed-seed permutation per (arm, seed)."""
+    import zlib
+
+    import numpy as np
+
+    rng = np.random.default_rng(zlib.crc32(f"{arm}:{seed}".encode()))
+    correct = np.zeros(N_Q, dtype=int)
+    correct[rng.permutation(N_Q)[: round(acc * N_Q)]] = 1
+    return correct.tolist()
+
+
+def seed_predictions(correct: list[int]) -> list[dict]:
+    return [{"id": f"q{j:03d}", "modality": "CT" if j % 2 == 0 else "MRI", "question_type": "Disease Diagnosis",
+             "gold": "A", "n_options": 2, "pred": "A" if c else "B"} for j, c in enumerate(correct)]
+
+
+@dataclass
+class SeedStore:
+    uri: str
+    ids: dict[tuple[str, int], str] = field(default_factory=dict)
+    correct: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+
+def build_seed_store(root: Path) -> SeedStore:
+    """Log :data:`SEED_ARMS` (one run per seed, with predictions) and a 2-iteration loop with nested runs."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    root.mkdir(parents=True, exist_ok=True)
+    store = SeedStore(uri=f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient(store.uri)
+    exp_id = client.create_experiment("medgr2", artifact_location=str(root / "mlruns"))
+    n = 0
+
+    def log(name: str, recipe: str, stage: str, seed: int, correct: list[int] | None, tags: dict[str, str],
+            parent: str | None = None) -> str:
+        nonlocal n
+        n += 1
+        sweep = " ".join(f"{k}={v}" for k, v in tags.items() if k in ("k", "source"))
+        all_tags = {"experiment": recipe, "stage": stage, "data": "synthmed", "model": "tiny_vlm",
+                    "seed": str(seed), "sweep": sweep, **tags}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        rid = client.create_run(exp_id, start_time=T0 + 60_000 * n, tags=all_tags,
+                                run_name=f"{name} seed={seed}").info.run_id
+        if correct is not None:
+            per_mod = {f"test/acc/modality/{m}": sum(correct[j] for j in range(i, N_Q, 2)) / (N_Q // 2)
+                       for i, m in enumerate(("CT", "MRI"))}  # even ids are CT, odd MRI (seed_predictions)
+            ms = {"test/acc": sum(correct) / N_Q, "test/chance": 0.5, **per_mod}
+            client.log_batch(rid, metrics=[Metric(k, v, T0 + 60_000 * n, 0) for k, v in ms.items()])
+            path = root / f"{rid}-predictions" / "predictions.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(p) + "\n" for p in seed_predictions(correct)), encoding="utf-8")
+            client.log_artifact(rid, str(path))
+        client.set_terminated(rid, status="FINISHED")
+        return rid
+
+    for arm, (recipe, stage, tags, accs) in SEED_ARMS.items():
+        for seed, acc in accs.items():
+            c = seed_correctness(arm, seed, acc)
+            store.ids[(arm, seed)] = log(arm, recipe, stage, seed, c, tags)
+            store.correct[(arm, seed)] = c
+    for seed, (a0, a1) in LOOP_ACC.items():
+        c0, c1 = seed_correctness("loop-it0", seed, a0), seed_correctness("loop-it1", seed, a1)
+        top = log("loop", "default", "loop", seed, c1, {"iterations": "2"})
+        it0 = log("iter0", "default", "loop_iteration", seed, None, {"iteration": "0"}, parent=top)
+        log("grpo", "default", "grpo", seed, c0, {}, parent=it0)
+        store.ids[("loop", seed)] = top
+        store.correct[("loop-it0", seed)], store.correct[("loop", seed)] = c0, c1
+    return store
+
+
+@pytest.fixture(scope="session")
+def seed_store(tmp_path_factory) -> SeedStore:
+    """The multi-seed store, built once per test session."""
+    if "seeds" not in _BUILT:
+        _BUILT["seeds"] = build_seed_store(tmp_path_factory.mktemp("seed_store"))
+    return _BUILT["seeds"]

@@ -2,125 +2,34 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import re
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from fake_gemini import LoopbackServer
+from fake_gemini import PATH, ScriptedGemini, item_text
 
 from medgr2.data.schema import LETTERS, index_of
 from medgr2.generation import load_generated, plan_requests, run_generation
-from medgr2.generation._util import image_bytes
 from medgr2.generation.gemini import GeminiBackend, MissingAPIKeyError, retry_after_seconds
 from medgr2.generation.testing import toy_sources
 
 SECRET = "AIzaTEST-not-a-real-key-5f3c9e"
 MODEL = "gemini-2.0-flash"
 SOURCES = toy_sources(6)
-_PATH = re.compile(r"^/v1(beta)?/models/(?P<model>[^/:]+):generateContent$")
+_PATH = PATH
 
 
 def _item(src: dict, answer: str | None = None) -> str:
-    return json.dumps(
-        {
-            "question_type": src["question_type"],
-            "question": src["question"],
-            "options": src["options"],
-            "rationale": src["rationale"],
-            "answer": answer or src["answer"],
-        }
-    )
-
-
-class FakeGemini(LoopbackServer):
-    """A scripted generateContent endpoint.
-
-    ``script`` is a list of actions consumed one per call ("ok", "429", "500", "400", "sleep"); when it is
-    empty every call is "ok". An "ok" answer is the item of the source whose image was sent, passed
-    through ``text_for`` (a hook for malformed / wrong answers).
-    """
-
-    def __init__(self):
-        self.script: list[str] = []
-        self.calls = 0
-        self.paths: list[str] = []
-        self.bodies: list[dict] = []
-        self.keys: list[str | None] = []
-        self.sleep_s = 1.0
-        self.by_image = {image_bytes(s["image"])[0]: s for s in SOURCES}
-        self.text_for = lambda src: _item(src)
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                with fake.lock:
-                    fake.calls += 1
-                    fake.paths.append(self.path)
-                    fake.bodies.append(body)
-                    fake.keys.append(self.headers.get("x-goog-api-key"))
-                    action = fake.script.pop(0) if fake.script else "ok"
-                m = _PATH.match(self.path)
-                if not m or m.group("model") != MODEL:
-                    return self._send(
-                        404, {"error": {"code": 404, "message": "no such model", "status": "NOT_FOUND"}}
-                    )
-                if action == "429":
-                    return self._send(
-                        429,
-                        {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}},
-                        {"Retry-After": "0"},
-                    )
-                if action == "500":
-                    return self._send(500, {"error": {"code": 500, "message": "boom", "status": "INTERNAL"}})
-                if action == "400":
-                    return self._send(
-                        400, {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}
-                    )
-                if action == "sleep":
-                    time.sleep(fake.sleep_s)  # longer than the client's timeout
-                parts = body["contents"][0]["parts"]
-                image = next(p["inlineData"]["data"] for p in parts if "inlineData" in p)
-                # The SDK sends inline bytes url-safe base64 encoded.
-                text = fake.text_for(fake.by_image[base64.urlsafe_b64decode(image)])
-                reply = {
-                    "candidates": [
-                        {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}
-                    ]
-                }
-                self._send(200, reply)
-
-            def _send(self, code, obj, headers=None):
-                data = json.dumps(obj).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and left
-
-            def log_message(self, *args):
-                pass
-
-        self._start(Handler)
+    return item_text(src, answer)
 
 
 @pytest.fixture
 def fake(monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    server = FakeGemini()
+    server = ScriptedGemini(SOURCES, MODEL)  # tests/fake_gemini.py: every wire shape, scripted
     yield server
     server.close()
 
@@ -201,7 +110,7 @@ def test_persistent_5xx_gives_up_and_4xx_is_not_retried(fake):
     assert res.error == "server_error" and res.attempts == 3 and fake.calls == 3
     fake.script = ["400"]
     [res] = _backend(fake, max_concurrency=1).generate(_requests(1))
-    assert res.error == "http_400" and res.attempts == 1 and fake.calls == 4
+    assert res.error == "http_400" and res.final and res.attempts == 1 and fake.calls == 4
 
 
 def test_spend_cap_stops_calls(fake):

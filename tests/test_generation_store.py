@@ -64,8 +64,9 @@ def test_shards_manifest_and_load(tmp_path: Path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(manifest["shards"], key=int) == ["0", "1", "2", "3"]
     assert sum(e["kept"] for e in manifest["shards"].values()) == summary.kept
+    rejects = [e["rejects_file"] for e in manifest["shards"].values() if e["rejects_file"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json"] + [e["file"] for e in manifest["shards"].values()]
+        ["manifest.json", "rejects.jsonl"] + [e["file"] for e in manifest["shards"].values()] + rejects
     )
     ds = load_generated(out)
     assert ds.features == FEATURES and len(ds) == summary.kept

@@ -65,3 +65,10 @@ def test_the_notebook_shows_the_figures_inline(executed):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) >= 4  # Figure 2, Figure 4 (a) and (b), Figure 5
+
+
+def test_the_notebook_prints_a_paired_comparison_and_the_claims_table(executed):
+    _, nb, _ = executed
+    text = "\n".join(_text(o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "B = grpo   vs   A = sft_raw" in text and "McNemar" in text
+    assert "rewarded SFT > raw SFT" in text and "verdict" in text

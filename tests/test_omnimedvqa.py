@@ -12,12 +12,8 @@ from fixtures_omnimedvqa import write_medr1_fixture, write_omnimedvqa_fixture
 
 from medgr2.data import schema
 from medgr2.data.omnimedvqa import (
-    FALLBACK_MODALITY,
-    FALLBACK_QUESTION_TYPE,
     LoadResult,
     detect_layout,
-    guess_modality,
-    guess_question_type,
     hash_split,
     load_omnimedvqa,
     parse_problem,
@@ -50,6 +46,7 @@ def test_raw_exact_counts(raw_tree: tuple[Path, dict], raw_result: LoadResult) -
     assert raw_result.layout == "raw"
     assert len(raw_result.records) == expected["n_records"]
     assert dict(raw_result.skipped) == expected["skipped"]
+    assert dict(raw_result.warnings) == expected["warnings"]
     assert raw_result.filtered == Counter()
     assert not raw_result.truncated
     assert Counter(r["dataset"] for r in raw_result.records) == expected["datasets"]
@@ -192,35 +189,73 @@ def test_unverified_images_still_catch_bad_headers(raw_tree: tuple[Path, dict]) 
 
 
 @pytest.mark.parametrize("axis", ["modality", "question_type"])
-def test_medr1_tree(medr1_tree: tuple[Path, dict], axis: str) -> None:
+def test_medr1_tree_joins_the_missing_attribute_from_the_other_tree(medr1_tree: tuple[Path, dict], axis: str) -> None:
     root, expected_all = medr1_tree
     expected = expected_all[axis]
     res = load_omnimedvqa(root, axis=axis)
     assert res.layout == "medr1"
     assert len(res.records) == expected["n_records"]
     assert dict(res.skipped) == expected["skipped"]
+    assert dict(res.warnings) == expected["warnings"]
     assert Counter(r["split"] for r in res.records) == expected["splits"]
+    _check_medr1_records(res, expected["by_question"], axis)
+    for reason, messages in res.examples.items():
+        assert all("Splits/" in m for m in messages), reason
+
+
+def _check_medr1_records(res: LoadResult, by_question: dict, axis: str) -> None:
     by_q = {r["question"]: r for r in res.records}
-    assert set(by_q) == set(expected["by_question"])
-    other = "question_type" if axis == "modality" else "modality"
-    for question, exp in expected["by_question"].items():
+    assert set(by_q) == set(by_question)
+    for question, exp in by_question.items():
         rec = by_q[question]
         schema.validate_record(rec)
         for key in ("options", "answer", "answer_text", "modality", "question_type", "split"):
             assert rec[key] == exp[key], (question, key)
         prov = schema.provenance(rec)
         assert prov["layout"] == "medr1" and prov["known_axis"] == axis
-        assert prov["guessed"] == {other: exp["guessed"]}
+        assert prov["attributes"] == exp["sources"], question
+        assert "join" not in prov  # the join keys are dropped once used
         assert Path(rec["image"]).is_absolute() and Path(rec["image"]).is_file()
         assert rec["dataset"] == Path(prov["image_path"]).parts[1]
-    for reason, messages in res.examples.items():
-        assert all("Splits/" in m for m in messages), reason
+    # Sources are counted: every record once per attribute.
+    assert sum(res.attributes.values()) == 2 * len(res.records)
+
+
+@pytest.mark.parametrize("axis", ["modality", "question_type"])
+def test_medr1_attribute_missing_from_both_trees_comes_from_qa_information(tmp_path: Path, axis: str) -> None:
+    root, qa = tmp_path / "medr1", tmp_path / "OmniMedVQA"
+    expected = write_medr1_fixture(root, qa_root=qa)[axis]
+    res = load_omnimedvqa(root, axis=axis, qa_root=qa)
+    assert len(res.records) == expected["n_records"]
+    assert dict(res.warnings) == expected["with_qa"]["warnings"]
+    _check_medr1_records(res, expected["with_qa"]["by_question"], axis)
+    assert res.attributes[f"{'question_type' if axis == 'modality' else 'modality'} <- QA_information"] >= 1
+    with pytest.raises(FileNotFoundError, match="qa_root"):
+        load_omnimedvqa(root, axis=axis, qa_root=tmp_path / "nowhere")
+
+
+def test_medr1_unknown_attribute_is_never_guessed_and_warned_once(medr1_tree: tuple[Path, dict]) -> None:
+    root, expected = medr1_tree
+    res = load_omnimedvqa(root, axis="modality")
+    unknown = [r for r in res.records if "unknown" in (r["modality"], r["question_type"])]
+    # One warning message per attribute with its count, not one per record.
+    assert res.warnings["attribute_unknown"] == len(unknown) == 3
+    assert len(res.warning_examples["attribute_unknown"]) == 2
+    assert any("2 records have question_type = 'unknown'" in m for m in res.warning_examples["attribute_unknown"])
+    # The per-modality x question-type counts then say "unknown" instead of a wrong type.
+    from medgr2.data.stats import dataset_stats
+
+    cross = dataset_stats(res.records)["modality_question_type"]
+    assert cross["unknown"] == {"Other Biological Attributes": 1}
+    assert cross["US"] == {"unknown": 1} and cross["FP"]["unknown"] == 1
 
 
 def test_medr1_split_filter_and_image_root(medr1_tree: tuple[Path, dict], tmp_path: Path) -> None:
     root, expected = medr1_tree
     test = load_omnimedvqa(root, split="test")
     assert len(test.records) == expected["modality"]["splits"]["test"]
+    # Filters run before the image check: the train item with a missing image is filtered, not skipped.
+    assert test.filtered["split"] == expected["modality"]["splits"]["train"] + 1
     # Split files elsewhere, images under the OmniMedVQA root: image_root says where.
     elsewhere = tmp_path / "splits_only"
     shutil.copytree(root / "Splits", elsewhere / "Splits")
@@ -267,18 +302,3 @@ def test_parse_problem(problem: str, question: str, options: list[str]) -> None:
 )
 def test_parse_solution(solution: str, letter: str | None) -> None:
     assert parse_solution(solution) == letter
-
-
-def test_guessers() -> None:
-    assert guess_question_type("What stage of the disease is shown?") == ("Lesion Grading", "keywords")
-    assert guess_question_type("What is the color?") == (FALLBACK_QUESTION_TYPE, "fallback")
-    assert guess_modality("Is this a CT scan?") == ("CT", "keywords")
-    assert guess_modality("Can you tell us what this is?") == (
-        FALLBACK_MODALITY,
-        "fallback",
-    )  # "us" is not US
-    assert guess_modality("CT or MRI?") == (FALLBACK_MODALITY, "fallback")  # ambiguous
-    assert guess_modality("?", answer_text="Ultrasound", question_type="Modality Recognition") == (
-        "US",
-        "answer",
-    )

@@ -21,7 +21,7 @@ pytest.importorskip("google.genai")
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 
 SECRET = "sk-test-SECRET123"
-SEEDS = (0, 1, 2, 3)
+SEEDS = (0, 1, 2, 3)  # seeds.pool: each job generates its own candidate pool (the run seed `seed` shares one)
 N_SOURCES = 4
 
 
@@ -39,7 +39,7 @@ def sweep(tmp_path_factory, shared_cache):
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
            "cpu_threads=1", *TEST_OVERRIDES, f"paths.cache_dir={cache}", "stage=generate", "generator=gemini",
            f"generator.base_url={fake.url}", "generator.requests_per_minute=null", "generator.max_retries=1",
-           f"stage.n_sources={N_SOURCES}", "stage.progress=false", f"seed={','.join(map(str, SEEDS))}"]
+           f"stage.n_sources={N_SOURCES}", "stage.progress=false", f"seeds.pool={','.join(map(str, SEEDS))}"]
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     finally:
@@ -55,7 +55,7 @@ def test_four_parallel_jobs_all_finish_in_one_sqlite_store(sweep):
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["medgr2"])
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
-    assert sorted(runs["params.seed"].astype(int)) == list(SEEDS)
+    assert sorted(runs["params.seeds.pool"].astype(int)) == list(SEEDS)
     assert set(runs["metrics.generate/kept"]) == {float(N_SOURCES)}
     assert len(set(runs["run_id"])) == 4
     assert "database is locked" not in (proc.stdout + proc.stderr).lower()

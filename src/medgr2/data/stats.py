@@ -178,3 +178,43 @@ def format_stats(
     if warnings:
         console.print(_reason_table(f"Loaded with warnings: {sum(warnings.values())}", warnings, warning_examples))
     return console.export_text()
+
+
+def format_leakage(leakage: Mapping[str, Any], attributes: Mapping[str, int] | None = None, *,
+                   filtered: Mapping[str, int] | None = None, width: int = 120) -> str:
+    """Render a train/test leakage report (:meth:`medgr2.data.leakage.Leakage.as_dict`) and, for the Med-R1
+    layout, where each attribute came from (``LoadResult.attributes``) as plain-text tables.
+
+    Args:
+        leakage: counts of images shared by the train and test sides, by path and by content.
+        attributes: ``"<field> <- <source>"`` -> records; omitted when empty.
+        filtered: ``LoadResult.filtered``; its ``image_disjoint`` count is shown under the leakage table.
+        width: text width of the rendering.
+    """
+    console = Console(record=True, width=width, file=io.StringIO(), color_system=None, force_terminal=False)
+    if attributes:
+        table = Table(title="Attributes: where each value came from", title_justify="left")
+        table.add_column("field <- source")
+        table.add_column("records", justify="right")
+        for key, n in sorted(attributes.items()):
+            table.add_row(key, str(n))
+        console.print(table)
+    table = Table(title="Train/test image leakage", title_justify="left")
+    table.add_column("count")
+    table.add_column("n", justify="right")
+    labels = {"train_images": "train images", "test_images": "test images",
+              "shared_by_path": "images shared, by path", "shared_by_content": "images shared, by content (SHA-256)",
+              "train_questions": "train questions about a shared image",
+              "test_questions": "test questions about a shared image"}
+    for key, label in labels.items():
+        table.add_row(label, str(leakage.get(key, 0)))
+    console.print(table)
+    shared = max(int(leakage.get("shared_by_path", 0)), int(leakage.get("shared_by_content", 0)))
+    removed = int((filtered or {}).get("image_disjoint", 0))
+    if removed:
+        console.print(f"data.image_disjoint=true removed {removed} training questions about test images.")
+    elif shared:
+        console.print(f"WARNING: {shared} images are in both the train and the test split; "
+                      "data.image_disjoint=true removes their training questions. Examples: "
+                      + ", ".join(leakage.get("examples") or []))
+    return console.export_text()

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from medgr2.data.collate import ANSWER_TAG, ChatCollator, letter_slot, model_inputs
 from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
 from medgr2.data.schema import LETTERS
+from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, extract
 from medgr2.models.decoding import GREEDY
-from medgr2.rl.answers import extract_answer
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,11 @@ def option_probs(model, collator: ChatCollator, recs: Sequence[Mapping[str, Any]
 
 @torch.no_grad()
 def predict(model, processor, rows: Sequence[Mapping[str, Any]], *, instruction: str = SHORT_INSTRUCTION,
-            batch_size: int = 32, max_new_tokens: int = 48, progress: bool = True) -> list[dict[str, Any]]:
-    """One prediction per record: completion text, extracted letter and option probabilities.
+            batch_size: int = 32, max_new_tokens: int = 48, progress: bool = True,
+            protocol: str = DEFAULT_PROTOCOL) -> list[dict[str, Any]]:
+    """One prediction per record: the raw completion, the letter it selects under ``protocol`` (see
+    :mod:`medgr2.evaluation.protocols`) and option probabilities. The completion and the option texts are kept
+    so that saved predictions can be rescored under another protocol.
 
     Decoding is greedy whatever the checkpoint's ``generation_config.json`` says (:data:`GREEDY` names every
     setting). Option probabilities come from one extra forward pass (:func:`option_probs`).
@@ -87,7 +90,8 @@ def predict(model, processor, rows: Sequence[Mapping[str, Any]], *, instruction:
         probs = option_probs(model, gen, recs, [answer_context(c) for c in completions], instruction)
         for r, c, p in zip(recs, completions, probs, strict=True):
             unknown += p is None
-            out.append({"id": r["id"], "completion": c, "pred": extract_answer(c), "gold": r["answer"],
+            out.append({"id": r["id"], "completion": c, "pred": extract(protocol, c, list(r["options"])),
+                        "protocol": protocol, "options": list(r["options"]), "gold": r["answer"],
                         "option_probs": p, "n_options": len(r["options"]),
                         "modality": r["modality"], "question_type": r["question_type"]})
     if unknown:

@@ -21,7 +21,7 @@ from medgr2.generation.backends import (
     make_backend,
 )
 from medgr2.generation.prompts import PROMPTS, PromptTemplate, get_prompt, response_schema
-from medgr2.generation.run import GenerationSummary, plan_requests, run_generation
+from medgr2.generation.run import GenerationStopped, GenerationSummary, plan_requests, run_generation
 from medgr2.generation.store import GenerationConfigError, load_generated
 from medgr2.generation.validate import REJECT_REASONS, candidate_id, parse_candidate
 
@@ -33,6 +33,7 @@ __all__ = [
     "GenRequest",
     "GenResult",
     "GenerationConfigError",
+    "GenerationStopped",
     "GenerationSummary",
     "GeneratorBackend",
     "PromptTemplate",

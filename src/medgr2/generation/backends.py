@@ -43,11 +43,20 @@ class GenRequest:
 
 @dataclass
 class GenResult:
-    """The outcome of one request: raw ``text``, or an ``error`` kind (``rate_limited``, ``server_error``,
-    ``timeout``, ``connection``, ``http_<code>``, ``spend_cap``, ``exception``) with a redacted ``detail``.
+    """The outcome of one request.
+
+    * ``text``: the raw answer (validation may still reject it);
+    * ``reason``: the answer came back unusable and the backend knows why (``safety``, ``max_tokens``,
+      ``recitation``, ``empty``, ...) — counted as a rejection with that reason, like a validation reject;
+    * ``error``: no answer (``rate_limited``, ``server_error``, ``timeout``, ``connection``, ``http_<code>``,
+      ``spend_cap``, ``credentials``, ``exception``) with a redacted ``detail``. By default the request stays
+      pending and a rerun retries it; ``final`` marks an error that asking again will not fix (a 400 for this
+      very request): it is failed for good, excluded and counted, and only ``retry_failed`` resends it;
+      ``fatal`` says no request can succeed (a bad key): the run stops and everything not done stays pending.
 
     ``defect`` is set by backends that know what they got wrong (the simulated one); ``attempts`` counts
-    API calls spent on this request, retries included.
+    API calls spent on this request, retries included; ``usage`` holds the token counts the API reported
+    (``prompt``, ``candidates``, ``thoughts``), summed over those calls.
     """
 
     key: str
@@ -56,6 +65,10 @@ class GenResult:
     detail: str = ""
     defect: str | None = None
     attempts: int = 1
+    reason: str | None = None
+    final: bool = False
+    fatal: bool = False
+    usage: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -98,7 +111,7 @@ DEFECT_KINDS: tuple[str, ...] = tuple(DEFAULT_DEFECT_RATES)
 
 
 class SimulatedBackend:
-    """Offline stand-in for an imperfect VLM generator (DESIGN.md §3).
+    """Offline stand-in for an imperfect VLM generator.
 
     For each request it writes the JSON a perfect generator would write for the SOURCE record (which must
     be a correct record, e.g. from SynthMed): its question, options (reshuffled with a seeded RNG so the

@@ -1,6 +1,6 @@
 """Gemini as the generator G_θ (the paper uses Gemini-2.0-Flash), through the ``google-genai`` client.
 
-What the SDK does and does not do (checked in google-genai's source, DESIGN.md §5): it POSTs
+What the SDK does and does not do (checked in google-genai's source): it POSTs
 ``{base_url}/{api_version}/models/<model>:generateContent`` with the key in the ``x-goog-api-key`` header;
 without ``HttpOptions.retry_options`` it does not retry at all; HTTP errors raise ``errors.ClientError``
 (4xx) / ``errors.ServerError`` (5xx), both ``errors.APIError`` with ``.code`` and ``.response`` (the
@@ -14,25 +14,34 @@ The API key is read from the environment only, kept out of ``repr``, logs, error
 
 from __future__ import annotations
 
-import email.utils
-import json
 import logging
 import os
 import random
-import re
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from medgr2.generation._util import image_bytes
 from medgr2.generation.backends import GenRequest, GenResult
+from medgr2.generation.gemini_wire import (
+    TERMINAL_5XX,
+    Answer,
+    classify_error,
+    error_message,
+    read_response,
+    retry_after_seconds,
+    safety_settings,
+)
 
 logger = logging.getLogger(__name__)
+#: Loggers that write one INFO line per HTTP call (50k a cycle at paper scale); quieted to WARNING unless
+#: the user configured them.
+_CHATTY_LOGGERS = ("httpx", "httpx2", "google_genai.models")
 
-#: Error kinds that are worth another attempt.
-RETRYABLE_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "bad_response"})
+__all__ = ["TERMINAL_5XX", "GeminiBackend", "MissingAPIKeyError", "classify_error", "retry_after_seconds"]
 
 
 class MissingAPIKeyError(RuntimeError):
@@ -61,89 +70,26 @@ class _RateLimiter:
             time.sleep(slot - now)
 
 
-def _exception_types(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
-    """The named exception classes of whichever of httpx / httpx2 is installed (the SDK uses either)."""
-    import importlib
-
-    found: list[type[BaseException]] = []
-    for module_name in ("httpx", "httpx2"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found.extend(getattr(module, n) for n in names if hasattr(module, n))
-    return tuple(found)
-
-
-_TIMEOUT_EXC = (TimeoutError, *_exception_types(("TimeoutException",)))
-_CONNECTION_EXC = (ConnectionError, *_exception_types(("TransportError",)))
-_RETRY_DELAY = re.compile(r"^\s*([0-9.]+)\s*s\s*$")
-
-
-def retry_after_seconds(exc: BaseException) -> float | None:
-    """The server's requested wait from a 429: the ``Retry-After`` header (seconds or HTTP date), else
-    the ``google.rpc.RetryInfo.retryDelay`` ("37s") that the Gemini API puts in the error body."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-                return max(0.0, when.timestamp() - time.time())
-            except (TypeError, ValueError):
-                pass
-    details = getattr(exc, "details", None)
-    if isinstance(details, dict):
-        for item in (details.get("error") or {}).get("details") or []:
-            if isinstance(item, dict) and "retryDelay" in item:
-                m = _RETRY_DELAY.match(str(item["retryDelay"]))
-                if m:
-                    return float(m.group(1))
-    return None
-
-
-def classify_error(exc: BaseException) -> tuple[str, bool]:
-    """``(kind, retryable)`` for an exception raised by the client.
-
-    429 -> ``rate_limited``; 408 and timeouts -> ``timeout`` (408 *is* a timeout, so it is retried like
-    one); 5xx -> ``server_error``; connection failures -> ``connection``; a body that is not JSON (a proxy's
-    HTML error page with status 200) -> ``bad_response``, retried; other 4xx -> ``http_<code>``,
-    not retried (a bad request or a bad key does not get better by asking again).
-    """
-    from google.genai import errors
-
-    if isinstance(exc, errors.APIError):
-        code = int(exc.code or 0)
-        if code == 429:
-            return "rate_limited", True
-        if code == 408:
-            return "timeout", True
-        if 500 <= code < 600:
-            return "server_error", True
-        return f"http_{code}", False
-    if isinstance(exc, _TIMEOUT_EXC):
-        return "timeout", True
-    if isinstance(exc, _CONNECTION_EXC):
-        return "connection", True
-    if isinstance(exc, json.JSONDecodeError):
-        return "bad_response", True
-    return "exception", False
-
-
 class GeminiBackend:
     """Generate candidates with a Gemini model through ``google-genai``.
 
     Image bytes and the prompt text are sent as the contents; the answer is forced to JSON with
-    ``response_mime_type="application/json"`` and the strategy's ``response_schema``. Up to
-    ``max_concurrency`` requests run at once, spaced to ``requests_per_minute``. Rate limits (429, with
-    ``Retry-After`` honoured up to ``retry_after_max`` s), 5xx, timeouts and connection errors are
-    retried up to ``max_retries`` times with exponential backoff and full jitter
-    (``uniform(0, min(backoff_max, backoff_base·2^attempt))``). ``max_requests`` caps the total number of
-    API calls, retries included, over the backend's life; once reached, remaining requests return error
-    ``spend_cap`` (and stay pending for the next run).
+    ``response_mime_type="application/json"`` and the strategy's ``response_schema``; ``safety_settings``,
+    ``thinking_budget`` and ``max_output_tokens`` pass through to the API. Up to ``max_concurrency``
+    requests run at once, spaced to ``requests_per_minute``.
+
+    Errors (classified in :mod:`~medgr2.generation.gemini_wire`): rate limits (429, with ``Retry-After`` /
+    ``RetryInfo.retryDelay`` honoured up to ``retry_after_max`` s), 5xx, timeouts and connection errors
+    are retried up to ``max_retries`` times with exponential backoff and full jitter
+    (``uniform(0, min(backoff_max, backoff_base·2^attempt))``) and stay pending when they run out; other
+    4xx end the request for good (``final``); a refused key or an unknown model stops everything
+    (``fatal``): the first such answer makes every later request return at once without a call.
+
+    Answers that came back unusable (blocked prompt or answer, recitation, cut at ``MAX_TOKENS``, no text)
+    are returned with their ``reason``, never as text. ``max_requests`` caps API calls (retries included)
+    and ``max_tokens_budget`` the reported tokens (prompt + candidates + thoughts) over the backend's life;
+    past either, requests return error ``spend_cap`` (pending for the next run). ``usage`` sums the token
+    counts of every call.
     """
 
     name = "gemini"
@@ -162,6 +108,10 @@ class GeminiBackend:
         max_requests: int | None = None,
         temperature: float | None = None,
         retry_after_max: float = 120.0,
+        max_tokens_budget: int | None = None,
+        max_output_tokens: int | None = None,
+        thinking_budget: int | None = None,
+        safety_settings: Mapping[str, str] | list[Mapping[str, str]] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         key = os.environ.get(api_key_env, "").strip()
@@ -173,6 +123,9 @@ class GeminiBackend:
         from google import genai
         from google.genai import types
 
+        for name in _CHATTY_LOGGERS:
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self._types = types
         self._secret = key  # kept only to redact it from error texts
         # vertexai=False: an ambient GOOGLE_GENAI_USE_VERTEXAI must not reroute the calls.
@@ -190,14 +143,20 @@ class GeminiBackend:
         self.backoff_max = float(backoff_max)
         self.timeout_s = float(timeout_s)
         self.max_requests = max_requests
+        self.max_tokens_budget = max_tokens_budget
         self.temperature = temperature
+        self.max_output_tokens = max_output_tokens
+        self.thinking_budget = thinking_budget
+        self.safety_settings = _safety_settings(safety_settings)  # checked now, not at the first request
         self.retry_after_max = float(retry_after_max)
         self.batch_size = max(8, 4 * self.max_concurrency)
         self._sleep = sleep
         self._limiter = _RateLimiter(requests_per_minute)
         self._rng = random.Random()
         self._lock = threading.Lock()
+        self._fatal: str | None = None
         self.calls_made = 0
+        self.usage: Counter = Counter()
 
     def __repr__(self) -> str:
         # Deliberately hand-written: the key must never appear, even by accident, in a repr.
@@ -207,14 +166,24 @@ class GeminiBackend:
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        """Settings that change outputs. Operational knobs (concurrency, retries, spend cap, URL) are left
-        out so that a run stopped by the spend cap can be resumed with a larger cap."""
-        return {"name": self.name, "model": self.model, "temperature": self.temperature}
+        """Settings that change outputs. Operational knobs (concurrency, retries, spend caps, URL) are left
+        out so that a run stopped by a spend cap can be resumed with a larger cap. The answer-shaping
+        options appear only when set, so runs made before they existed keep their fingerprint."""
+        fp: dict[str, Any] = {"name": self.name, "model": self.model, "temperature": self.temperature}
+        for key in ("max_output_tokens", "thinking_budget", "safety_settings"):
+            if getattr(self, key) is not None:
+                fp[key] = getattr(self, key)
+        return fp
 
     @property
     def spend_cap_reached(self) -> bool:
-        """True once ``max_requests`` API calls have been made."""
-        return self.max_requests is not None and self.calls_made >= self.max_requests
+        """True once ``max_requests`` API calls have been made or ``max_tokens_budget`` tokens reported."""
+        return self._cap_hit() is not None
+
+    @property
+    def tokens_used(self) -> int:
+        """Prompt + candidate + thought tokens reported so far."""
+        return int(self.usage["prompt"] + self.usage["candidates"] + self.usage["thoughts"])
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Run the requests concurrently; one result per request, in order; never raises per request."""
@@ -228,12 +197,20 @@ class GeminiBackend:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _reserve_call(self) -> bool:
+    def _cap_hit(self) -> str | None:
+        if self.max_requests is not None and self.calls_made >= self.max_requests:
+            return f"max_requests={self.max_requests}"
+        if self.max_tokens_budget is not None and self.tokens_used >= self.max_tokens_budget:
+            return f"max_tokens_budget={self.max_tokens_budget}"
+        return None
+
+    def _reserve_call(self) -> str | None:
+        """None when a call may be made (and counts it), else which cap stops it."""
         with self._lock:
-            if self.max_requests is not None and self.calls_made >= self.max_requests:
-                return False
-            self.calls_made += 1
-            return True
+            cap = self._cap_hit()
+            if cap is None:
+                self.calls_made += 1
+            return cap
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -241,7 +218,7 @@ class GeminiBackend:
     def _backoff(self, attempt: int) -> float:
         return self._rng.uniform(0.0, min(self.backoff_max, self.backoff_base * (2.0**attempt)))
 
-    def _call(self, req: GenRequest) -> str:
+    def _call(self, req: GenRequest) -> Answer:
         types = self._types
         data, mime = image_bytes(req.source.get("image"))
         config = types.GenerateContentConfig(
@@ -249,47 +226,67 @@ class GeminiBackend:
             response_schema=types.Schema.model_validate(req.response_schema) if req.response_schema else None,
             temperature=self.temperature,
             seed=req.seed,
+            max_output_tokens=self.max_output_tokens,
+            thinking_config=(
+                types.ThinkingConfig(thinking_budget=int(self.thinking_budget))
+                if self.thinking_budget is not None
+                else None
+            ),
+            safety_settings=(
+                [types.SafetySetting(**s) for s in self.safety_settings] if self.safety_settings else None
+            ),
         )
         response = self._client.models.generate_content(
             model=self.model,
             contents=[types.Part.from_bytes(data=data, mime_type=mime), req.prompt],
             config=config,
         )
-        # ``text`` is None when the answer was blocked or empty: validation rejects "" as malformed_json.
-        return response.text or ""
+        answer = read_response(response)
+        with self._lock:
+            self.usage.update(answer.usage)
+        return answer
+
+    def _fatal_line(self, kind: str, exc: BaseException) -> str:
+        what = self._redact(error_message(exc))[:300]
+        if kind == "credentials":
+            return (f"the Gemini API refused the API key ({what}): put a valid key in the environment variable "
+                    f"{self.api_key_env} and rerun the same command")
+        return f"the Gemini API does not know generator.model={self.model!r} ({what}): fix generator.model"
 
     def _generate_one(self, req: GenRequest) -> GenResult:
         attempts = 0
+        usage: Counter = Counter()
         kind, detail = "exception", ""
         for attempt in range(self.max_retries + 1):
-            if not self._reserve_call():
-                logger.warning(
-                    "gemini: spend cap of %s API calls reached; request %s left pending",
-                    self.max_requests,
-                    req.key,
-                )
-                return GenResult(
-                    key=req.key,
-                    error="spend_cap",
-                    detail=f"max_requests={self.max_requests}",
-                    attempts=attempts,
-                )
+            if self._fatal is not None:  # a bad key: no further call can succeed
+                return GenResult(key=req.key, error="stopped", detail=self._fatal, attempts=attempts, fatal=True)
+            cap = self._reserve_call()
+            if cap is not None:
+                logger.debug("gemini: spend cap %s reached; request %s left pending", cap, req.key)
+                return GenResult(key=req.key, error="spend_cap", detail=cap, attempts=attempts,
+                                 usage=dict(usage))
             self._limiter.wait()
             attempts += 1
             try:
-                text = self._call(req)
+                answer = self._call(req)
             except Exception as exc:  # classified below; a single request never raises
-                kind, retryable = classify_error(exc)
+                kind, action = classify_error(exc)
                 detail = self._redact(f"{type(exc).__name__}: {exc}")[:500]
-                if not retryable or attempt == self.max_retries:
+                if action == "fatal":
+                    with self._lock:
+                        self._fatal = self._fatal or self._fatal_line(kind, exc)
+                    return GenResult(key=req.key, error=kind, detail=self._fatal, attempts=attempts, fatal=True)
+                if action == "final" or attempt == self.max_retries:
                     logger.warning(
-                        "gemini: request %s failed (%s) after %d attempt(s): %s",
+                        "gemini: request %s failed (%s%s) after %d attempt(s): %s",
                         req.key,
                         kind,
+                        ", for good" if action == "final" else "",
                         attempts,
                         detail,
                     )
-                    return GenResult(key=req.key, error=kind, detail=detail, attempts=attempts)
+                    return GenResult(key=req.key, error=kind, detail=detail, attempts=attempts,
+                                     final=action == "final", usage=dict(usage))
                 server_wait = retry_after_seconds(exc) if kind == "rate_limited" else None
                 delay = (
                     min(server_wait, self.retry_after_max)
@@ -306,5 +303,19 @@ class GeminiBackend:
                 )
                 self._sleep(delay)
                 continue
-            return GenResult(key=req.key, text=text, attempts=attempts)
+            usage.update(answer.usage)
+            return GenResult(key=req.key, text=answer.text, reason=answer.reason, detail=answer.detail,
+                             attempts=attempts, usage=dict(usage))
         return GenResult(key=req.key, error=kind, detail=detail, attempts=attempts)  # unreachable in practice
+
+
+def _safety_settings(value: Any) -> list[dict[str, str]] | None:
+    """Hydra hands mappings / lists as DictConfig / ListConfig: turn them into plain containers first."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+    except ImportError:
+        pass
+    return safety_settings(value)

@@ -31,6 +31,16 @@ from medgr2.data.schema import (
 from medgr2.generation._util import derive_seed, stable_hash
 from medgr2.generation.backends import GeneratorBackend, GenRequest, GenResult, SimulatedBackend
 from medgr2.generation.prompts import get_prompt
+from medgr2.generation.rejects import (
+    REJECTS_NAME,
+    by_modality,
+    modality_of,
+    modality_table,
+    read_rows,
+    reject_row,
+    shard_rejects_name,
+    write_rows,
+)
 from medgr2.generation.store import (
     check_manifest,
     commit_manifest,
@@ -45,22 +55,37 @@ from medgr2.generation.validate import candidate_id, parse_candidate
 logger = logging.getLogger(__name__)
 
 
+class GenerationStopped(RuntimeError):
+    """The backend says no request can succeed (a refused API key, an unknown model): the run stopped after
+    committing what it had; everything not done is pending and the same command resumes once it is fixed."""
+
+
 @dataclass
 class GenerationSummary:
     """What a ``run_generation`` call did and where the output stands.
 
-    ``kept``, ``rejected`` (by reason) and ``kept_defects`` (simulated defect kinds among kept records)
-    describe the whole ``out_dir``; ``attempted`` and ``api_errors`` (by kind) describe this call only;
-    ``pending`` counts requests not yet done (failed or never reached) — zero means complete.
+    ``kept``, ``rejected`` (by reason: validation rejects and answers the backend flagged, e.g. ``safety``),
+    ``failed`` (requests ended for good by an API error, by kind), ``kept_defects`` (simulated defect kinds
+    among kept records), ``rejects_by_modality`` (rejected + failed, ``{modality: {reason: n}}``) and
+    ``requested_by_modality`` describe the whole ``out_dir``; ``attempted``, ``api_calls``, ``api_errors``
+    (by kind) and ``usage`` (reported tokens: ``prompt``, ``candidates``, ``thoughts``) describe this call
+    only; ``pending`` counts requests not yet done (retryable failures, spend cap, never reached) — zero
+    means complete. Failed requests are done: they do not keep a run incomplete.
     """
 
     out_dir: str
     requested: int = 0
     attempted: int = 0
+    api_calls: int = 0
     kept: int = 0
     rejected: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)
     api_errors: Counter = field(default_factory=Counter)
     kept_defects: Counter = field(default_factory=Counter)
+    usage: Counter = field(default_factory=Counter)
+    rejects_by_modality: dict = field(default_factory=dict)
+    requested_by_modality: dict = field(default_factory=dict)
+    rejects_file: str = ""
     pending: int = 0
     shards: int = 0
     shards_done: int = 0
@@ -70,13 +95,13 @@ class GenerationSummary:
 
     @property
     def complete(self) -> bool:
-        """True when every planned request has been generated (kept or rejected)."""
+        """True when every planned request is done: kept, rejected or failed for good."""
         return self.pending == 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (for MLflow params/metrics or logs)."""
         out = asdict(self)
-        for key in ("rejected", "api_errors", "kept_defects"):
+        for key in ("rejected", "failed", "api_errors", "kept_defects", "usage"):
             out[key] = dict(getattr(self, key))
         out["complete"] = self.complete
         return out
@@ -153,14 +178,18 @@ def run_generation(
     shard_size: int = 256,
     question_types: Sequence[str] | None = None,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> GenerationSummary:
     """Generate ``samples_per_source`` candidates per source record into resumable shards in ``out_dir``.
 
     Each shard is validated (rejections counted by reason), written atomically as Parquet and recorded in
-    ``manifest.json`` with its counts and its pending request keys (API failures after retries, spend
-    cap). A rerun with the same configuration skips finished shards and retries pending requests; a
-    different configuration raises :class:`~medgr2.generation.store.GenerationConfigError`. Read the
-    result with :func:`~medgr2.generation.store.load_generated`.
+    ``manifest.json`` with its counts, its pending request keys (retryable API failures after retries,
+    spend cap) and its failed ones (API errors no retry fixes); every rejected or failed request gets a line
+    in ``rejects.jsonl`` (:mod:`~medgr2.generation.rejects`). A rerun with the same configuration skips
+    finished shards and retries pending requests — not failed ones, unless ``retry_failed``; a different
+    configuration raises :class:`~medgr2.generation.store.GenerationConfigError`. When the backend reports a
+    ``fatal`` error (a refused key), the work done so far is committed and :class:`GenerationStopped` is
+    raised. Read the result with :func:`~medgr2.generation.store.load_generated`.
     """
     t0 = time.perf_counter()
     if shard_size < 1 or samples_per_source < 1:
@@ -203,6 +232,7 @@ def run_generation(
         check_manifest(manifest, fingerprint, config, out)
 
     summary = GenerationSummary(out_dir=str(out), requested=len(requests), shards=len(shards))
+    summary.requested_by_modality = dict(sorted(Counter(modality_of(r.source) for r in requests).items()))
     done_before = sum(
         len(shards[int(k)]) - len(e["pending"]) for k, e in manifest["shards"].items() if int(k) < len(shards)
     )
@@ -217,35 +247,56 @@ def run_generation(
         smoothing=0.1,
     )
     stop = False
+    fatal: str | None = None
     kept_this_run = rejected_this_run = 0
     try:
         for si, shard in enumerate(shards):
             entry = manifest["shards"].get(str(si))
-            if entry is not None and not entry["pending"]:
+            if entry is not None and not entry["pending"] and not (retry_failed and entry.get("failed")):
                 summary.shards_skipped += 1
                 continue
             if stop:
                 break
+            old_failed: dict[str, str] = dict((entry or {}).get("failed") or {})
             if entry is None:
-                todo, existing, revision = shard, [], 0
+                todo, existing, old_rejects, revision = shard, [], [], 0
             else:
-                pending = set(entry["pending"])
-                todo = [r for r in shard if r.key in pending]
+                redo = set(entry["pending"]) | (set(old_failed) if retry_failed else set())
+                todo = [r for r in shard if r.key in redo]
                 existing = read_shard_records(out, entry["file"])
+                old_rejects = [row for row in read_rows(out / entry["rejects_file"]) if row["id"] not in redo] \
+                    if entry.get("rejects_file") else []
+                old_failed = {k: v for k, v in old_failed.items() if k not in redo}
                 revision = int(entry.get("revision", 0)) + 1
 
             kept: list[dict[str, Any]] = []
             rejected: Counter = Counter()
             errors: Counter = Counter()
+            usage: Counter = Counter()
+            new_rejects: list[dict[str, Any]] = []
+            failed: dict[str, str] = {}
             still_pending: list[str] = []
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start : start + chunk_size]
                 results = _checked(backend.generate(chunk), chunk)
                 summary.attempted += len(chunk)
                 for req, res in zip(chunk, results, strict=True):
-                    if res.error is not None or res.text is None:
-                        errors[res.error or "no_text"] += 1
-                        still_pending.append(req.key)
+                    summary.api_calls += res.attempts
+                    usage.update(res.usage or {})
+                    if res.fatal:
+                        fatal = fatal or res.detail
+                    if res.error is not None:
+                        errors[res.error] += 1
+                        if res.final:
+                            failed[req.key] = res.error
+                            new_rejects.append(reject_row(req, res.error, "failed", res.detail))
+                        else:
+                            still_pending.append(req.key)
+                        continue
+                    if res.reason is not None or res.text is None:
+                        reason = res.reason or "empty"
+                        rejected[reason] += 1
+                        new_rejects.append(reject_row(req, reason, "rejected", res.detail))
                         continue
                     try:
                         kept.append(
@@ -264,14 +315,16 @@ def run_generation(
                         )
                     except RecordError as exc:
                         rejected[exc.reason] += 1
-                bar.update(len(chunk) - sum(1 for r in results if r.error is not None or r.text is None))
+                        new_rejects.append(reject_row(req, exc.reason, "rejected", str(exc)))
+                bar.update(sum(1 for r in results if r.error is None or r.final))
                 bar.set_postfix(
                     kept=kept_this_run + len(kept),
                     rejected=rejected_this_run + sum(rejected.values()),
                     errors=sum(summary.api_errors.values()) + sum(errors.values()),
                     refresh=False,
                 )
-                if results and all(r.error == "spend_cap" for r in results):
+                capped = results and all(r.error == "spend_cap" for r in results)
+                if fatal is not None or capped:
                     # Every further call would be refused too: commit what we have and stop early.
                     stop = True
                     still_pending.extend(r.key for r in todo[start + len(chunk) :])
@@ -283,25 +336,36 @@ def run_generation(
             records = sorted(by_id.values(), key=lambda rec: order[rec["id"]])
             name = shard_file_name(si, revision)
             write_shard(out, name, records)
+            shard_rejects = sorted(old_rejects + new_rejects, key=lambda row: order[row["id"]])
+            rejects_name = shard_rejects_name(si, revision) if shard_rejects else None
+            if rejects_name:
+                write_rows(out / rejects_name, shard_rejects)
             old = entry or {}
             manifest["shards"][str(si)] = {
                 "file": name,
+                "rejects_file": rejects_name,
                 "revision": revision,
                 "requested": len(shard),
                 "kept": len(records),
                 "rejected": dict(Counter(old.get("rejected", {})) + rejected),
+                "failed": {**old_failed, **failed},
                 "kept_defects": dict(Counter(_defect(r) for r in records if _defect(r))),
                 "errors_last_run": dict(errors),
                 "pending": still_pending,
             }
+            total = Counter(manifest.get("usage") or {})
+            total.update(usage)  # update, not +: zero counts stay visible in the manifest
+            manifest["usage"] = dict(total)
             commit_manifest(out, manifest)
             summary.shards_written += 1
             kept_this_run += len(kept)
             rejected_this_run += sum(rejected.values())
             summary.api_errors.update(errors)
+            summary.usage.update(usage)
     finally:
         bar.close()
 
+    all_rejects: list[dict[str, Any]] = []
     for si in range(len(shards)):
         entry = manifest["shards"].get(str(si))
         if entry is None:
@@ -309,9 +373,15 @@ def run_generation(
             continue
         summary.kept += entry["kept"]
         summary.rejected.update(entry["rejected"])
+        summary.failed.update(Counter((entry.get("failed") or {}).values()))
         summary.kept_defects.update(entry.get("kept_defects", {}))
         summary.pending += len(entry["pending"])
         summary.shards_done += 0 if entry["pending"] else 1
+        if entry.get("rejects_file"):
+            all_rejects.extend(read_rows(out / entry["rejects_file"]))
+    write_rows(out / REJECTS_NAME, all_rejects)
+    summary.rejects_file = str(out / REJECTS_NAME)
+    summary.rejects_by_modality = by_modality(all_rejects)
     # Shards never reached (a stop at the spend cap) are pending too; say so where a person will look.
     manifest["status"] = {
         "pending_requests": summary.pending,
@@ -319,21 +389,38 @@ def run_generation(
         "kept": summary.kept,
         "rejected": dict(summary.rejected),
     }
+    if summary.failed:  # only when there are some: the status of runs without any keeps its old shape
+        manifest["status"]["failed"] = dict(summary.failed)
     commit_manifest(out, manifest)
     summary.elapsed_s = time.perf_counter() - t0
+    if fatal is not None:
+        raise GenerationStopped(
+            f"{fatal} (generation stopped after {summary.api_calls} API call(s); {summary.pending} request(s) "
+            f"pending in {out}, nothing lost)"
+        )
     level = logging.INFO if summary.complete else logging.WARNING
+    failed_n = sum(summary.failed.values())
     logger.log(
         level,
-        "generation into %s: %d/%d requests done, kept %d, rejected %s, api errors %s, %d pending%s",
+        "generation into %s: %d/%d requests done, kept %d, rejected %s, failed for good %s, api errors %s, "
+        "%d pending%s%s",
         out,
         summary.requested - summary.pending,
         summary.requested,
         summary.kept,
         dict(summary.rejected),
+        dict(summary.failed),
         dict(summary.api_errors),
         summary.pending,
         "" if summary.complete else " (rerun the same command to retry them)",
+        f"; {failed_n} failed request(s) are not resent unless generator.retry_failed=true" if failed_n else "",
     )
+    if summary.rejected.get("max_tokens"):
+        logger.warning("%d answer(s) hit MAX_TOKENS (cut, or no text left after thinking): raise "
+                       "generator.max_output_tokens or lower generator.thinking_budget", summary.rejected["max_tokens"])
+    if all_rejects:
+        logger.info("rejected and failed requests by modality (%s):\n%s", summary.rejects_file,
+                    modality_table(summary.rejects_by_modality, summary.requested_by_modality))
     return summary
 
 

@@ -5,6 +5,8 @@ Layout of an ``out_dir``::
     manifest.json              the commit point: config fingerprint, per-shard file, counts, pending keys
     shard-00000-r0.parquet     kept records of shard 0 (revision 0), schema.FEATURES columns
     shard-00001-r1.parquet     shard 1 after one retry of its pending requests (revision 1)
+    rejects-00001-r1.jsonl     shard 1's rejected and failed requests, with their reasons
+    rejects.jsonl              all of them (rewritten from the shard files at the end of every run)
 
 Every file is written under a temporary name and ``os.replace``d into place (atomic on POSIX), and a shard
 only counts once the manifest that names it has been replaced in. A process killed at any point therefore
@@ -124,10 +126,13 @@ def commit_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     manifest["updated"] = time.time()
     atomic_write_json(Path(out_dir) / MANIFEST_NAME, manifest)
     named = {entry["file"] for entry in manifest["shards"].values()}
-    for path in Path(out_dir).glob("shard-*.parquet"):
-        if path.name not in named:
-            path.unlink(missing_ok=True)
-    for path in Path(out_dir).glob(".*.tmp-*"):
+    named |= {entry["rejects_file"] for entry in manifest["shards"].values() if entry.get("rejects_file")}
+    for pattern in ("shard-*.parquet", "rejects-*.jsonl"):
+        for path in Path(out_dir).glob(pattern):
+            if path.name not in named:
+                path.unlink(missing_ok=True)
+    # ``.rejects*``: temporary files of utils.io.atomic_write_text left by a killed process.
+    for path in [*Path(out_dir).glob(".*.tmp-*"), *Path(out_dir).glob(".rejects*")]:
         # Temporary files of this process were all renamed; others are from killed processes.
         path.unlink(missing_ok=True)
 

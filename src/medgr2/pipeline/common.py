@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,48 @@ def fingerprint(*parts: Any) -> str:
     """Stable short hash of JSON-able parts (cache keys for the pretrained base, candidate pools…)."""
     blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def product_seed(cfg: DictConfig, name: str) -> int:
+    """The seed of a shared cached product (``seeds.base``, ``seeds.pool``, ``seeds.reward``; 0 when unset),
+    independent of the run's ``seed`` so a seed sweep reuses the product (docs/statistics.md)."""
+    seeds = cfg.get("seeds") or {}
+    return int(seeds.get(name, 0) or 0)
+
+
+def seed_part(cfg: DictConfig, name: str) -> list[dict[str, int]]:
+    """Cache-key part for a product seed: empty at the default 0, so keys made before seeds existed (built
+    with ``seed=0``) still match."""
+    value = product_seed(cfg, name)
+    return [{f"seeds.{name}": value}] if value else []
+
+
+@contextmanager
+def isolated_seed(seed: int) -> Iterator[None]:
+    """Build a shared product under its own ``seed``, then hand the run its RNG state back: the product does
+    not depend on the run's seed, and the run's draws do not depend on whether the product was cached."""
+    import random
+
+    import numpy as np
+    import torch
+
+    saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")})
+    L.seed_everything(int(seed), workers=True, verbose=False)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+        if saved[3] is not None:
+            torch.cuda.set_rng_state_all(saved[3])
+        for k, v in saved[4].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def cache_dir(cfg: DictConfig) -> Path:
@@ -103,7 +148,8 @@ def load_omnimedvqa_from_config(cfg: DictConfig, split: str | None):
     if not dcfg.get("root"):
         raise ValueError("data=omnimedvqa needs data.root=PATH (the folder holding QA_information/ or Splits/)")
     res = load_omnimedvqa(dcfg.root, layout=dcfg.get("layout", "auto"), split=split, axis=dcfg.get("axis", "modality"),
-                          image_root=dcfg.get("image_root"), limit=dcfg.get("limit"))
+                          image_root=dcfg.get("image_root"), limit=dcfg.get("limit"), qa_root=dcfg.get("qa_root"),
+                          image_disjoint=bool(dcfg.get("image_disjoint", False)))
     if res.n_skipped:
         log.warning("OmniMedVQA %s: skipped %d records: %s", split, res.n_skipped, dict(res.skipped))
     return res

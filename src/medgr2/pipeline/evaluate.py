@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from medgr2.evaluation.evaluate import decoding_settings, predict
 from medgr2.evaluation.metrics import summarize
+from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, check_protocol
 from medgr2.models.decoding import as_params
 from medgr2.pipeline.common import load_split, output_dir
 from medgr2.pipeline.tracking import Tracker
@@ -23,10 +24,11 @@ def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Pat
     from medgr2.pipeline.pretrain import _instruction
 
     e = cfg.evaluate
+    protocol = check_protocol(str(e.get("protocol") or DEFAULT_PROTOCOL))
     rows = load_split(cfg, e.split, limit=e.get("limit"))
     tracker.log_params(as_params(decoding_settings(int(e.max_new_tokens)), "decoding/evaluate"))
     preds = predict(model, processor, rows, instruction=_instruction(cfg), batch_size=int(e.batch_size),
-                    max_new_tokens=int(e.max_new_tokens))
+                    max_new_tokens=int(e.max_new_tokens), protocol=protocol)
     metrics = summarize([p["pred"] for p in preds], [p["gold"] for p in preds], [p["n_options"] for p in preds],
                         [p["modality"] for p in preds], [p["question_type"] for p in preds],
                         option_probs=[p["option_probs"] for p in preds])
@@ -41,9 +43,10 @@ def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Pat
     path = out / "predictions.jsonl"
     atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in preds))
     tracker.log_metrics(metrics)
+    tracker.set_tags({"protocol": protocol})  # also a param (evaluate.protocol); the report reads the tag
     tracker.log_artifact(path)
-    log.info("test accuracy %.3f (chance %.3f, majority %.3f) on %d questions",
-             metrics["test/acc"], metrics["test/chance"], metrics["test/majority"], len(preds))
+    log.info("test accuracy %.3f (chance %.3f, majority %.3f) on %d questions, protocol %s",
+             metrics["test/acc"], metrics["test/chance"], metrics["test/majority"], len(preds), protocol)
     return metrics
 
 

@@ -37,6 +37,9 @@ _CREDENTIAL_KEY = re.compile(r"(^|_)(api_?key|key|token|secret|password|passwd|c
 
 EXPORT_META = "export_meta.json"
 GENERATOR_META = "generator_meta.json"
+#: ``generator.*`` keys read by the stage, not by the backend: whether to resend requests that failed for
+#: good, and the per-million-token prices of the cost estimate.
+RUN_KEYS = ("retry_failed", "price_per_million")
 
 
 # ============================================================================================ generate
@@ -67,6 +70,8 @@ def make_generator(cfg: DictConfig):
 
     g = dict(to_dict(cfg.generator))
     _check_no_secret_values(g)
+    for key in RUN_KEYS:
+        g.pop(key, None)
     name = str(g.pop("name"))
     if name != "hf":
         return make_backend(name, **g)
@@ -157,19 +162,40 @@ def export_candidates(out_dir: Path, force: bool = False) -> Path:
     return export
 
 
+def cost_estimate(usage: Mapping[str, Any], prices: Mapping[str, Any] | None) -> float | None:
+    """US$ for ``usage`` tokens at ``prices`` (``{input, output}`` per million tokens; thought tokens are
+    billed as output), or None when no prices are configured."""
+    if not prices or prices.get("input") is None or prices.get("output") is None:
+        return None
+    out_tokens = float(usage.get("candidates", 0)) + float(usage.get("thoughts", 0))
+    return (float(usage.get("prompt", 0)) * float(prices["input"]) + out_tokens * float(prices["output"])) / 1e6
+
+
 def summary_metrics(summary: Mapping[str, Any], prefix: str = "generate") -> dict[str, float]:
-    """A ``GenerationSummary.to_dict()`` as flat MLflow metrics (counts by reason / error kind / defect)."""
+    """A ``GenerationSummary.to_dict()`` as flat MLflow metrics: counts by reason / error kind / defect,
+    rejects per modality × reason (``generate/rejects/<modality>/<reason>``) and this run's tokens."""
     m: dict[str, float] = {
         f"{prefix}/{k}": float(summary[k])
         for k in ("requested", "attempted", "kept", "pending", "shards", "shards_written", "shards_skipped",
                   "elapsed_s")
     }
     m[f"{prefix}/complete"] = float(bool(summary["complete"]))
-    m[f"{prefix}/rejected"] = float(sum(summary["rejected"].values()))
-    m[f"{prefix}/api_errors"] = float(sum(summary["api_errors"].values()))
-    for group in ("rejected", "api_errors", "kept_defects"):
-        for reason, count in summary[group].items():
+    m[f"{prefix}/api_calls"] = float(summary.get("api_calls", 0))
+    for group in ("rejected", "failed", "api_errors"):
+        m[f"{prefix}/{group}"] = float(sum(summary.get(group, {}).values()))
+    for group in ("rejected", "failed", "api_errors", "kept_defects"):
+        for reason, count in summary.get(group, {}).items():
             m[f"{prefix}/{group}/{reason}"] = float(count)
+    for modality, counts in (summary.get("rejects_by_modality") or {}).items():
+        for reason, count in counts.items():
+            m[f"{prefix}/rejects/{modality}/{reason}"] = float(count)
+        n = (summary.get("requested_by_modality") or {}).get(modality)
+        if n:
+            m[f"{prefix}/reject_share/{modality}"] = sum(counts.values()) / float(n)
+    for kind, count in (summary.get("usage") or {}).items():
+        m[f"{prefix}/tokens/{kind}"] = float(count)
+    if summary.get("cost_usd") is not None:
+        m[f"{prefix}/cost_usd"] = float(summary["cost_usd"])
     return m
 
 
@@ -199,8 +225,10 @@ def generate_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, fl
         shard_size=int(s.shard_size),
         question_types=list(s.question_types) if s.get("question_types") else None,
         progress=bool(s.get("progress", True)),
+        retry_failed=bool(cfg.generator.get("retry_failed", False)),
     )
     info = summary.to_dict()
+    info["cost_usd"] = cost_estimate(summary.usage, to_dict(cfg.generator.get("price_per_million")))
     export = None
     if s.get("export", True) and (summary.complete or s.get("export_partial", False)):
         export = export_candidates(out)
@@ -214,9 +242,20 @@ def generate_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, fl
     report = output_dir(cfg) / "generation_summary.json"
     atomic_write_json(report, info)
     tracker.log_artifact(report)
-    rejected = sum(summary.rejected.values())
+    if summary.rejects_by_modality:
+        tracker.log_artifact(Path(summary.rejects_file))
+    rejected, failed = sum(summary.rejected.values()), sum(summary.failed.values())
     print(f"generated into {out}: kept {summary.kept}, rejected {rejected} {dict(summary.rejected)}, "
-          f"api errors {dict(summary.api_errors)}, pending {summary.pending}, {summary.elapsed_s:.1f}s")
+          f"failed for good {failed} {dict(summary.failed)}, api errors {dict(summary.api_errors)}, "
+          f"pending {summary.pending}, {summary.elapsed_s:.1f}s")
+    if summary.usage:
+        u = summary.usage
+        cost = "" if info["cost_usd"] is None else f", estimated cost ${info['cost_usd']:.4f}"
+        print(f"tokens this run: prompt {u['prompt']}, candidates {u['candidates']}, thoughts {u['thoughts']} "
+              f"in {summary.api_calls} API call(s){cost}")
+    if failed:
+        print(f"{failed} request(s) failed for good and are excluded; a rerun does not resend them "
+              "(add generator.retry_failed=true to resend)")
     if export is not None:
         print(f"candidates dataset: {export}\n  score it: python train.py stage=score stage.input={export}\n"
               f"  then:     python train.py stage=select stage.score.input={export} select=topk k=...")
@@ -322,5 +361,5 @@ def run_distill(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     return {"distill/train_rows": float(min(len(rows), int(s.get("train_size") or len(rows))))}
 
 
-__all__ = ["default_candidates_dir", "distill_generator", "export_candidates", "generation_sources", "generator_item",
+__all__ = ["cost_estimate", "default_candidates_dir", "distill_generator", "export_candidates", "generation_sources", "generator_item",
            "make_generator", "run_distill", "run_generate", "summary_metrics"]

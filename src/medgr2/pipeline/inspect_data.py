@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 from omegaconf import DictConfig
 
-from medgr2.data.stats import dataset_stats, format_stats
+from medgr2.data.stats import dataset_stats, format_leakage, format_stats
 from medgr2.pipeline.common import load_omnimedvqa_from_config, load_split, output_dir
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json
@@ -45,11 +46,13 @@ def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     examples: dict[str, list[str]] = {}
     warnings: Counter = Counter()
     warning_examples: dict[str, list[str]] = {}
+    extra: dict[str, Any] = {}
     if cfg.data.name == "omnimedvqa":
         res = load_omnimedvqa_from_config(cfg, None)
         records, skipped, examples = res.records, res.skipped, res.examples
         warnings, warning_examples = res.warnings, res.warning_examples
         stats = dataset_stats(records)
+        extra = _omnimedvqa_report(res)
         seq_rows = records[: int(cfg.stage.get("seq_rows") or len(records))]
     else:
         splits = list(cfg.stage.get("splits") or ["train", "val", "test"])
@@ -62,12 +65,14 @@ def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             seq_rows.extend(ds.select(range(min(len(ds), max(0, n_seq - len(seq_rows))))).to_list())
         stats = dataset_stats(rows)
     text = format_stats(stats, skipped, examples=examples, warnings=warnings, warning_examples=warning_examples)
+    if extra:
+        text += format_leakage(extra["leakage"], extra["attributes"], filtered=extra["filtered"])
     print(text)
     seq = _sequence_report(cfg, seq_rows) if cfg.stage.get("sequences", True) else None
     out = output_dir(cfg) / "data_stats.json"
     atomic_write_json(out, {"stats": stats, "skipped": dict(skipped), "examples": examples,
                             "warnings": dict(warnings), "warning_examples": warning_examples,
-                            "sequences": seq})
+                            "sequences": seq, **extra})
     tracker.log_artifact(out)
     metrics = {"data/total": float(stats["total"]), "data/skipped": float(sum(skipped.values()))}
     metrics.update({f"data/skipped/{k}": float(v) for k, v in skipped.items()})
@@ -75,5 +80,25 @@ def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     if seq is not None:
         for key in ("image_tokens", "sequence_tokens"):
             metrics.update({f"data/{key}/{k}": v for k, v in seq[key].items()})
+    if extra:
+        metrics.update(extra["metrics"])
     tracker.log_metrics(metrics)
     return metrics
+
+
+def _omnimedvqa_report(res) -> dict[str, Any]:
+    """Leakage between the train and test split (by path and content), attribute sources, and their metrics."""
+    from medgr2.data.leakage import leakage_report
+
+    leak = leakage_report(res.records)
+    shared = max(leak.shared_by_path, leak.shared_by_content)
+    if shared and not res.filtered.get("image_disjoint"):
+        log.warning("OmniMedVQA: %d images are in both the train and the test split (%d by path, %d by content; "
+                    "%d train / %d test questions); data.image_disjoint=true removes their training questions",
+                    shared, leak.shared_by_path, leak.shared_by_content, leak.train_questions, leak.test_questions)
+    metrics = leak.metrics()
+    metrics.update({f"data/attributes/{k.replace(' <- ', '_from_').replace(' ', '_').replace('/', '_')}": float(v)
+                    for k, v in res.attributes.items()})
+    metrics.update({f"data/filtered/{k}": float(v) for k, v in res.filtered.items()})
+    return {"leakage": leak.as_dict(), "attributes": dict(res.attributes), "filtered": dict(res.filtered),
+            "metrics": metrics}

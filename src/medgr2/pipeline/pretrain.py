@@ -23,7 +23,16 @@ from medgr2.data.prompting import split_rationale, user_text
 from medgr2.data.synthmed import describe
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
-from medgr2.pipeline.common import build_trainer, cache_dir, fingerprint, load_split, to_dict
+from medgr2.pipeline.common import (
+    build_trainer,
+    cache_dir,
+    fingerprint,
+    isolated_seed,
+    load_split,
+    product_seed,
+    seed_part,
+    to_dict,
+)
 from medgr2.pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -53,7 +62,7 @@ def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, An
 def base_key(cfg: DictConfig) -> str:
     m = to_dict(cfg.model)
     model_part = {k: m.get(k) for k in ("tiny", "image_size", "dtype")}
-    return fingerprint(model_part, cfg.data, m.get("pretrain"), cfg.data.get("instruction"))
+    return fingerprint(model_part, cfg.data, m.get("pretrain"), cfg.data.get("instruction"), *seed_part(cfg, "base"))
 
 
 def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
@@ -69,7 +78,8 @@ def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
     log.info("pretraining the tiny base model once (cached at %s)", path)
     child = (tracker or Tracker()).child("pretrain")
     try:
-        run_pretrain(cfg, path, child)
+        with isolated_seed(product_seed(cfg, "base")):  # seeds.base, not the run's seed: sweeps share the base
+            run_pretrain(cfg, path, child)
     except BaseException:
         child.finish("FAILED")
         raise

@@ -33,7 +33,16 @@ from omegaconf import DictConfig, OmegaConf
 from medgr2.data.grading import GRADED_FEATURES, GRADES, GradeConfig, build_graded, rng_for, split_response
 from medgr2.data.prompting import response_text
 from medgr2.data.schema import LETTERS, to_dataset
-from medgr2.pipeline.common import cache_dir, fingerprint, load_split, output_dir, to_dict
+from medgr2.pipeline.common import (
+    cache_dir,
+    fingerprint,
+    isolated_seed,
+    load_split,
+    output_dir,
+    product_seed,
+    seed_part,
+    to_dict,
+)
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir, atomic_write_json
 
@@ -226,7 +235,7 @@ def reward_key(cfg: DictConfig, r: DictConfig | None = None) -> str:
     model = {k: v for k, v in to_dict(cfg.model).items() if k != "cache_dir"}
     # Knobs that do not change the trained weights stay out of the key.
     settings = {k: v for k, v in to_dict(r).items() if k not in ("name", "val_every", "eval_batch_size", "ckpt_path")}
-    return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"))
+    return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"), *seed_part(cfg, "reward"))
 
 
 def reward_model_path(cfg: DictConfig, r: DictConfig | None = None) -> Path:
@@ -316,7 +325,7 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
         data_path = Path(r.train_data)
     else:
         rows, data_path = build_grade_dataset(cfg, r, tracker)
-    train_idx, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), int(cfg.seed),
+    train_idx, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), product_seed(cfg, "reward"),
                                          r.get("max_val_sources"))
     train_rows = rows.select(train_idx)
     # Regression metrics are on the paper's four grades; the wrong-letter probes (built afresh for the
@@ -365,7 +374,8 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
 
 
 def run_reward(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    metrics, path = train_reward(cfg, cfg.stage, tracker, output_dir(cfg))
+    with isolated_seed(product_seed(cfg, "reward")):  # it fills the same cache entry as the loop's R_φ^0
+        metrics, path = train_reward(cfg, cfg.stage, tracker, output_dir(cfg))
     keys = ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc")
     print("R_φ held-out: " + ", ".join(f"{k.split('/')[1]} {metrics[k]:.3f}" for k in keys if k in metrics))
     print(f"R_φ export: {path}")
@@ -382,7 +392,8 @@ def ensure_reward_model(cfg: DictConfig, tracker: Tracker | None = None) -> Path
         log.info("reusing the cached R_φ %s", path)
         return path
     log.info("no cached R_φ at %s: training it", path)
-    _, path = train_reward(cfg, r, tracker or Tracker(), output_dir(cfg) / "reward_train")
+    with isolated_seed(product_seed(cfg, "reward")):  # seeds.reward, not the run's seed: sweeps share R_φ^0
+        _, path = train_reward(cfg, r, tracker or Tracker(), output_dir(cfg) / "reward_train")
     return path
 
 

@@ -170,25 +170,74 @@ class MLflowTracker(Tracker):
                              self._params, parent_run_id=self.run_id)
 
 
+# Overrides that change where or how loudly a job runs, not what it computes: left out of run names and of the
+# ``sweep`` tag (the report groups seeds by recipe + sweep).
+OPERATIONAL_OVERRIDES = ("paths.", "logger.", "hydra.", "callbacks", "print_config", "cpu_threads",
+                         "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.ckpt_every")
+
+
+def job_overrides() -> list[str]:
+    """This job's command-line overrides as Hydra saw them (``["experiment=topk", "k=2000", "seed=1"]``), or
+    ``[]`` outside a Hydra app (a composed config in a test or a notebook)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
+    except Exception:  # noqa: BLE001 - no Hydra context is not an error
+        return []
+
+
+def sweep_keys(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, str]:
+    """What sets this job apart within its recipe: the overrides minus ``experiment``, ``seed`` and the
+    operational keys, in command-line order. Without Hydra overrides: the shortcuts ``k``/``tau``/``source``
+    that are set."""
+    overrides = job_overrides() if overrides is None else overrides
+    out: dict[str, str] = {}
+    for o in overrides:
+        key, sep, value = o.lstrip("+~").partition("=")
+        if not sep or key in ("experiment", "seed") or key.startswith(OPERATIONAL_OVERRIDES):
+            continue
+        out[key] = value
+    if not overrides:
+        out = {k: str(cfg.get(k)) for k in ("k", "tau", "source") if cfg.get(k) not in (None, "")}
+    return out
+
+
+def run_name(cfg: DictConfig, stage: str, sweep: Mapping[str, str]) -> str:
+    """``topk k=2000 seed=1``: the recipe (the stage when there is none), the sweep keys, the seed."""
+    recipe = str(cfg.get("experiment_name") or "default")
+    # Without a recipe the name starts with the stage, so `stage=<it>` would only repeat it.
+    shown = {k: v for k, v in sweep.items() if not (recipe == "default" and k == "stage" and v == stage)}
+    parts = [stage if recipe == "default" else recipe, *(f"{k}={v}" for k, v in shown.items())]
+    return " ".join([*parts, f"seed={cfg.get('seed', 0)}"])
+
+
 def make_tracker(cfg: DictConfig, stage: str) -> Tracker:
     """Build the tracker the ``logger`` config group asks for (only on global rank 0)."""
     lcfg = cfg.get("logger")
     if not lcfg or lcfg.get("name", "none") == "none" or int(os.environ.get("RANK", "0")) != 0:
         return Tracker()
     root = Path(cfg.paths.root).resolve()
+    sweep = sweep_keys(cfg)
+    seeds = {f"seeds.{k}": str(v) for k, v in (cfg.get("seeds") or {}).items()}
     tags = {
         "stage": stage,
         "experiment": str(cfg.get("experiment_name") or "default"),
         "data": str(cfg.data.name),
         "model": str(cfg.model.name),
         "git_commit": git_commit(root),
+        # The report groups runs by recipe + ``sweep`` and aggregates over ``seed`` (docs/statistics.md).
+        "seed": str(cfg.get("seed", 0)),
+        "sweep": " ".join(f"{k}={v}" for k, v in sweep.items()),
+        **{f"sweep.{k}": v for k, v in sweep.items()},
+        **seeds,
         **{str(k): str(v) for k, v in (lcfg.get("tags") or {}).items()},
     }
     return MLflowTracker(
         tracking_uri=str(lcfg.tracking_uri),
         experiment=str(lcfg.experiment),
         artifact_location=str(lcfg.artifact_location),
-        run_name=lcfg.get("run_name") or f"{stage}",
+        run_name=lcfg.get("run_name") or run_name(cfg, stage, sweep),
         tags=tags,
         params=resolved_config(cfg),
         parent_run_id=lcfg.get("parent_run_id"),

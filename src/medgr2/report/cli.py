@@ -4,7 +4,8 @@ Reads finished top-level runs of one MLflow experiment and never trains. For eac
 ``<name>.md``, ``<name>.csv`` (exact fractions) and ``<name>.tex`` (booktabs, percent); for each figure a PNG
 and the CSV of its data; ``report.md`` embeds every table and links every figure. Runs that could have
 contributed but could not (no ``test/acc``, no ``k`` tag, no predictions artifact, ...) are listed with the
-reason under "Skipped runs"; when several runs fill one row, the latest is used and the report says so.
+reason under "Skipped runs"; runs of one row are its seeds (averaged, with a 95% interval); several runs of one
+seed -> the latest is used and the report says so.
 
 Sections:
   table1  accuracy per modality and overall, one row per policy, chance last
@@ -15,11 +16,18 @@ Sections:
   fig4    transfer heatmaps: train source (tag source) x test question type (cross_task) or modality
           (cross_modality)
   fig5    error transitions baseline -> compare per modality, from their predictions.jsonl joined on id
+  claims  the paper's claims as paired tests: difference, 95% CI, p-value, verdict
 
 Examples:
   python -m medgr2.report
   python -m medgr2.report --experiments randk,topk,topk_grpo,rand_all --only fig2 --out reports/k-sweep
   python -m medgr2.report --tag data=omnimedvqa --baseline sft_raw --compare 3f9c2a1b
+  python -m medgr2.report --protocol medr1   # rescore saved predictions as Med-R1 does (first tag, exact letter)
+  python -m medgr2.report --compare 'randk k=2000' 'topk k=2000'     # paired test B vs A, printed
+
+Seeds: runs of one recipe with the same sweep keys (tag ``sweep``) are one cell; each cell is the mean over
+its seeds ± a 95% interval (seed spread + test-question bootstrap), with the number of seeds. The ``claims``
+section tests the paper's claims on the saved predictions (docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -33,13 +41,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from medgr2.evaluation.protocols import PROTOCOLS
+from medgr2.report import aggregate as A
+from medgr2.report import claims as C
 from medgr2.report import figures as F
+from medgr2.report import protocol as P
 from medgr2.report import tables as T
-from medgr2.report.render import to_csv, to_latex, to_markdown
+from medgr2.report.render import to_csv, to_latex, to_markdown, with_intervals
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("table1", "table2", "fig2", "fig4", "fig5")
+SECTIONS = ("table1", "table2", "fig2", "fig4", "fig5", "claims")
 DEFAULT_BASELINE = ("sft_raw",)
 DEFAULT_COMPARE = ("grpo", "topk_grpo")
 
@@ -57,6 +69,7 @@ class Report:
     used: list[dict[str, str]] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
     path: Path | None = None
+    protocol: str = ""  # the scoring protocol(s) of the runs used, shown in every table header
 
     def skipped_frame(self) -> pd.DataFrame:
         """Skipped runs, one row per (run, reason), with the sections it was skipped from."""
@@ -81,9 +94,10 @@ def _absorb(report: Report, section: str, df: pd.DataFrame) -> None:
 def _write_table(report: Report, name: str, df: pd.DataFrame, caption: str) -> None:
     out = report.out
     index = not isinstance(df.index, pd.RangeIndex)
-    md = to_markdown(df)
+    shown = with_intervals(df)  # "mean ± half-width" cells; the CSV keeps mean, lo, hi
+    md = to_markdown(shown)
     (out / f"{name}.md").write_text(md + "\n", encoding="utf-8")
-    (out / f"{name}.tex").write_text(to_latex(df, caption=caption, label=f"tab:{name}"), encoding="utf-8")
+    (out / f"{name}.tex").write_text(to_latex(shown, caption=caption, label=f"tab:{name}"), encoding="utf-8")
     to_csv(df, out / f"{name}.csv", index=index)
     report.tables[name] = df
     report.files[name] = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.tex"]
@@ -97,10 +111,11 @@ def _write_figure(report: Report, name: str, fig, data: pd.DataFrame) -> None:
     report.files[name] = [png, csv]
 
 
-def table1_with_chance(runs: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
+def table1_with_chance(runs: pd.DataFrame, tracking_uri: str,
+                       predictions: A.PredictionCache | None = None) -> pd.DataFrame:
     """:func:`~medgr2.report.tables.table1`; when no ``test/chance/modality/*`` metrics are logged, the chance
     row per modality is computed from the newest ``predictions.jsonl`` of that data set with ``n_options``."""
-    t1 = T.table1(runs)
+    t1 = T.table1(runs, predictions=predictions)
     chance: dict[str, dict[str, float]] = {}
     found: list[str] = []
     mods = [c for c in t1.columns if c not in ("policy", "data", "Overall", "run_id")]
@@ -123,26 +138,27 @@ def table1_with_chance(runs: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
                              f"predictions of run {rid[:8]} (no test/chance/modality/* metrics logged).")
                 break
     if chance:
-        t1 = T.table1(runs, chance=chance)
+        t1 = T.table1(runs, chance=chance, predictions=predictions)
         t1.attrs["notes"] = [*t1.attrs["notes"], *found]
     return t1
 
 
-def _section_table1(report: Report, runs: pd.DataFrame, tracking_uri: str) -> None:
-    t1 = table1_with_chance(runs, tracking_uri)
+def _section_table1(report: Report, runs: pd.DataFrame, tracking_uri: str,
+                    predictions: A.PredictionCache | None = None) -> None:
+    t1 = table1_with_chance(runs, tracking_uri, predictions)
     _absorb(report, "table1", t1)
     _write_table(report, "table1", t1, "Test accuracy (%) per modality and overall; chance last.")
 
 
-def _section_table2(report: Report, runs: pd.DataFrame) -> None:
-    t2 = T.table2(runs)
+def _section_table2(report: Report, runs: pd.DataFrame, predictions: A.PredictionCache | None = None) -> None:
+    t2 = T.table2(runs, predictions)
     _absorb(report, "table2", t2)
     report.notes["table2"].extend(f"Table 2: missing row {m}." for m in t2.attrs.get("missing", []))
     _write_table(report, "table2", t2, "Ablation: accuracy, macro-F1 and AUC (%) on each eval set.")
 
 
-def _section_fig2(report: Report, runs: pd.DataFrame) -> None:
-    pts = T.fig2_points(runs)
+def _section_fig2(report: Report, runs: pd.DataFrame, predictions: A.PredictionCache | None = None) -> None:
+    pts = T.fig2_points(runs, predictions)
     _absorb(report, "fig2", pts)
     if pts.empty:
         report.notes["fig2"].append("Figure 2: no runs of randk / topk / topk_grpo / rand_all with test/acc.")
@@ -160,6 +176,18 @@ def _section_fig4(report: Report, runs: pd.DataFrame) -> None:
             report.notes["fig4"].append(f"Figure 4 ({title.lower()}): no usable {exp} runs.")
             continue
         _write_figure(report, name, F.plot_transfer(mat, title, center=mat.attrs.get("chance")), mat)
+
+
+def _section_claims(report: Report, runs: pd.DataFrame, tracking_uri: str, experiment: str,
+                    predictions: A.PredictionCache) -> None:
+    children = C.LoopIterations.from_store(tracking_uri, experiment)
+    table = C.claims_table(runs, predictions, children)
+    report.notes["claims"].extend(table.attrs.get("notes", []))
+    out = report.out
+    (out / "claims.md").write_text(C.claims_markdown(table) + "\n", encoding="utf-8")
+    csv = to_csv(table, out / "claims.csv", index=False)
+    report.tables["claims"] = table
+    report.files["claims"] = [out / "claims.md", csv]
 
 
 def pick_pair(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None, baseline: str | None = None,
@@ -227,7 +255,7 @@ def _section_fig5(report: Report, runs: pd.DataFrame, all_runs: pd.DataFrame, tr
 def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "medgr2", *,
                  experiments: Sequence[str] | None = None, tags: Mapping[str, Sequence[str]] | None = None,
                  out: str | Path = "reports", baseline: str | None = None, compare: str | None = None,
-                 only: Sequence[str] | None = None) -> Report:
+                 only: Sequence[str] | None = None, protocol: str | None = None) -> Report:
     """Read MLflow, write every requested section into ``out`` and ``out/report.md``; return what was made."""
     sections = list(only) if only else list(SECTIONS)
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -236,11 +264,15 @@ def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "m
     report = Report(out=Path(out))
     report.out.mkdir(parents=True, exist_ok=True)
     all_runs = T.load_runs(tracking_uri, experiment)
+    predictions = A.PredictionCache(lambda rid: P.read_scored(tracking_uri, rid, protocol))
     ignored = dict(all_runs.attrs.get("ignored", {}))
     filters = {k: list(v) for k, v in (tags or {}).items()}
     if experiments:
         filters["experiment"] = [e for e in filters.get("experiment", experiments) if e in experiments]
     runs = T.filter_runs(all_runs, filters)
+    if protocol:  # rescore saved predictions before any table is built
+        runs, rescore_notes = P.rescore_runs(runs, tracking_uri, protocol)
+    report.protocol = P.protocol_label(runs)
 
     s = report.summary
     s.append(f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} from `{tracking_uri}`, "
@@ -249,6 +281,7 @@ def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "m
         s.append(f"**The MLflow experiment `{experiment}` does not exist in this store.**")
     if filters:
         s.append("Filters: " + "; ".join(f"`{k}` in {{{', '.join(v)}}}" for k, v in filters.items()) + ".")
+    s.append(f"Scoring {report.protocol}." + (" " + " ".join(rescore_notes) if protocol else ""))
     s.append(f"{len(runs)} finished top-level runs used as input"
              + (f" ({len(all_runs) - len(runs)} more excluded by the filters)" if filters else "") + ".")
     nf = ignored.get("not_finished") or {}
@@ -265,14 +298,17 @@ def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "m
         s.append("Not evaluation runs (no `test/` metric; their stages do not evaluate), not used: "
                  + ", ".join(f"{k}: {v}" for k, v in other.items()) + ".")
 
+    s.append(A.describe_method(True))
     for sec in sections:
         report.notes.setdefault(sec, [])
         if sec == "table1":
-            _section_table1(report, runs, tracking_uri)
+            _section_table1(report, runs, tracking_uri, predictions)
         elif sec == "table2":
-            _section_table2(report, runs)
+            _section_table2(report, runs, predictions)
         elif sec == "fig2":
-            _section_fig2(report, runs)
+            _section_fig2(report, runs, predictions)
+        elif sec == "claims":
+            _section_claims(report, runs, tracking_uri, experiment, predictions)
         elif sec == "fig4":
             _section_fig4(report, runs)
         elif sec == "fig5":
@@ -295,23 +331,24 @@ def render_report(report: Report, sections: Sequence[str]) -> str:
     L: list[str] = ["# MedGR2 report", "", *report.summary, "",
                     "Accuracies are in percent; the CSV files hold the exact fractions.", ""]
     if "table1" in sections:
-        L += ["## Table 1 — accuracy per modality", "", to_markdown(report.tables["table1"]), "",
+        L += [f"## Table 1 — accuracy per modality ({report.protocol})", "",
+              to_markdown(with_intervals(report.tables["table1"])), "",
               f"Files: {_links(report, 'table1')}", *_notes(report, "table1"), ""]
     if "table2" in sections:
-        L += ["## Table 2 — ablation", "",
+        L += [f"## Table 2 — ablation ({report.protocol})", "",
               "Rows: base = `zero_shot`, SFT raw = `sft_raw`, SFT rewarded = `sft_rewarded`, +GRPO = `grpo` "
               "(the TopK+GRPO run with the largest K, `topk_grpo`, only when there is no `grpo` run). "
               "Column groups: eval set = the run's `data` tag, test split.", "",
-              to_markdown(report.tables["table2"]), "", f"Files: {_links(report, 'table2')}",
+              to_markdown(with_intervals(report.tables["table2"])), "", f"Files: {_links(report, 'table2')}",
               *_notes(report, "table2"), ""]
     if "fig2" in sections:
-        L += ["## Figure 2 — accuracy vs K", ""]
+        L += [f"## Figure 2 — accuracy vs K ({report.protocol})", ""]
         if "fig2" in report.figures:
-            L += ["![Figure 2: test accuracy vs K](fig2.png)", "", to_markdown(report.tables["fig2"]), "",
+            L += ["![Figure 2: test accuracy vs K](fig2.png)", "", to_markdown(with_intervals(report.tables["fig2"])), "",
                   f"Files: {_links(report, 'fig2')}"]
         L += [*_notes(report, "fig2"), ""]
     if "fig4" in sections:
-        L += ["## Figure 4 — transfer", "",
+        L += [f"## Figure 4 — transfer ({report.protocol})", "",
               "Rows: training source (tag `source`); columns: test group; cells: test accuracy. "
               "Colours are centred at the runs' median overall chance: warm above, cool below.", ""]
         for name, title in (("fig4a_cross_task", "(a) cross-task"), ("fig4b_cross_modality", "(b) cross-modality")):
@@ -325,6 +362,12 @@ def render_report(report: Report, sections: Sequence[str]) -> str:
             L += ["![Figure 5: error transitions](fig5.png)", "",
                   to_markdown(report.tables["fig5"], percent=False), "", f"Files: {_links(report, 'fig5')}"]
         L += [*_notes(report, "fig5"), ""]
+    if "claims" in sections:
+        L += ["## The paper's claims, tested", "", C.CLAIMS_INTRO, ""]
+        if "claims" in report.tables:
+            L += [C.claims_markdown(report.tables["claims"]), "",
+                  f"Files: {_links(report, 'claims')}"]
+        L += [*_notes(report, "claims"), ""]
     L += ["## Runs used", ""]
     if report.used:
         L.append(to_markdown(pd.DataFrame(report.used, columns=["section", "row", "run_id"]), hide=()))
@@ -365,8 +408,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--baseline", default=None, metavar="RUN_OR_EXPERIMENT",
                     help="Figure 5 baseline: run id (or prefix), run name, or recipe (its best test/acc run); "
                          "default: best sft_raw run")
-    ap.add_argument("--compare", default=None, metavar="RUN_OR_EXPERIMENT",
-                    help="Figure 5 compared run, same forms; default: best grpo / topk_grpo run")
+    ap.add_argument("--compare", default=None, nargs="+", metavar="ARM",
+                    help="one value: Figure 5's compared run, same forms as --baseline (default: best grpo / "
+                         "topk_grpo run). Two values A B: print the paired comparison B vs A (accuracy "
+                         "difference, paired-bootstrap CI, McNemar per seed, seed-matched test); an arm is a run "
+                         "id or 'recipe key=value ...', e.g. --compare 'randk k=2000' 'topk k=2000'")
+    ap.add_argument("--protocol", default=None, choices=PROTOCOLS,
+                    help="rescore saved predictions under this protocol (default: as each run was scored)")
     ap.add_argument("--only", type=_csv, default=None, metavar=",".join(SECTIONS),
                     help="write only these sections (default: all)")
     return ap
@@ -381,8 +429,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(str(exc))
     if args.only and set(args.only) - set(SECTIONS):
         ap.error(f"--only: unknown sections {sorted(set(args.only) - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
+    compare = args.compare[0] if args.compare else None
+    if args.compare and len(args.compare) > 2:
+        ap.error(f"--compare takes one run (Figure 5) or two arms A B, got {len(args.compare)} values")
+    if args.compare and len(args.compare) == 2:
+        runs = T.filter_runs(T.load_runs(args.tracking_uri, args.experiment), tags)
+        predictions = A.PredictionCache(lambda rid: P.read_scored(args.tracking_uri, rid, args.protocol))
+        try:
+            arm_a, arm_b = (C.resolve_arm(runs, spec) for spec in args.compare)
+        except ValueError as exc:
+            ap.error(f"--compare: {exc}")
+        cmp, matched = C.compare(arm_a, arm_b, predictions)
+        print(C.format_comparison(arm_a, arm_b, cmp, matched))
+        if not args.only:  # the comparison alone; --only adds report sections (Figure 5 for this pair)
+            return 0
+        baseline, compare = arm_a.runs[0]["run_id"], arm_b.runs[0]["run_id"]
+    else:
+        baseline = args.baseline
     report = build_report(args.tracking_uri, args.experiment, experiments=args.experiments, tags=tags,
-                          out=args.out, baseline=args.baseline, compare=args.compare, only=args.only)
+                          out=args.out, baseline=baseline, compare=compare, only=args.only,
+                          protocol=args.protocol)
     print(f"wrote {report.path}")
     for name, paths in report.files.items():
         print(f"  {name}: " + ", ".join(str(p) for p in paths))

@@ -46,9 +46,26 @@ def _empty(fig: Figure, text: str) -> Figure:
     return fig
 
 
+def _bounds(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``acc lo`` / ``acc hi`` as arrays; the point itself where the interval is unknown (no bar)."""
+    acc = points["acc"].to_numpy(dtype=float)
+    lo = points["acc lo"].to_numpy(dtype=float) if "acc lo" in points else acc
+    hi = points["acc hi"].to_numpy(dtype=float) if "acc hi" in points else acc
+    return np.where(np.isfinite(lo), lo, acc), np.where(np.isfinite(hi), hi, acc)
+
+
+def _seeds_note(points: pd.DataFrame) -> str:
+    """`` (n=3 seeds)`` / `` (1–3 seeds)`` for a legend entry."""
+    if "seeds" not in points or points["seeds"].isna().all():
+        return ""
+    n = points["seeds"].dropna().astype(int)
+    lo, hi = int(n.min()), int(n.max())
+    return f" ({lo} seed{'s' if hi > 1 else ''})" if lo == hi else f" ({lo}–{hi} seeds)"
+
+
 def plot_fig2(points: pd.DataFrame) -> Figure:
-    """Test accuracy (%) vs K on a log2 axis, one curve per series, Rand-all as a horizontal line;
-    one panel per data set."""
+    """Test accuracy (%) vs K on a log2 axis, one curve per series with 95% error bars, Rand-all as a
+    horizontal line with its interval as a band; one panel per data set."""
     datas = sorted(points["data"].unique()) if not points.empty else []
     fig = Figure(figsize=(5.5 * max(1, len(datas)), 4.0), layout="constrained")
     if not datas:
@@ -58,20 +75,31 @@ def plot_fig2(points: pd.DataFrame) -> Figure:
     for ax, data in zip(axes, datas, strict=True):
         sub = points[points["data"] == data]
         ks = sorted({int(k) for k in sub.loc[sub["series"] != FIG2_REFERENCE[1], "k"].dropna()})
+        present = [n for n in FIG2_SERIES.values() if not sub[sub["series"] == n].dropna(subset=["k"]).empty]
         for name in FIG2_SERIES.values():
             s = sub[sub["series"] == name].dropna(subset=["k"]).sort_values("k")
             if s.empty:
                 continue
+            # Dodge: each series a little to the side on the log axis, so error bars at one K do not overlap
+            dodge = 2 ** (0.03 * (present.index(name) - (len(present) - 1) / 2))
             color, marker, style = SERIES_STYLE.get(name, (None, "o", "-"))
-            ax.plot(s["k"].astype(int), 100 * s["acc"], marker=marker, linestyle=style, color=color, label=name)
+            lo, hi = _bounds(s)
+            # Error bars: the 95% interval of each point (seeds and test questions; docs/statistics.md)
+            ax.errorbar(s["k"].astype(int) * dodge, 100 * s["acc"], yerr=100 * np.vstack([s["acc"] - lo, hi - s["acc"]]),
+                        marker=marker, linestyle=style, color=color, label=name + _seeds_note(s), capsize=3)
         for _, r in sub[sub["series"] == ref_name].iterrows():
             k = r["k"]
-            lab = ref_name + (f" (K={int(k)})" if not pd.isna(k) else "")
+            lab = ref_name + (f" (K={int(k)})" if not pd.isna(k) else "") + _seeds_note(pd.DataFrame([r]))
             ax.axhline(100 * r["acc"], color="black", linestyle=":", label=lab)
+            lo, hi = _bounds(pd.DataFrame([r]))
+            if np.isfinite(lo[0]) and np.isfinite(hi[0]) and hi[0] > lo[0]:
+                ax.axhspan(100 * lo[0], 100 * hi[0], color="black", alpha=0.08)
         ax.set_xscale("log", base=2)
         if ks:
             ax.set_xticks(ks, [str(k) for k in ks])
             ax.minorticks_off()
+            if len(ks) == 1:  # one K: keep the dodged bars close, as they would be among several Ks
+                ax.set_xlim(ks[0] / 2, ks[0] * 2)
         ax.set_xlabel("K (training samples, log2)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs K — {data}")

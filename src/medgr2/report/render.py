@@ -32,6 +32,28 @@ def fmt(value, percent: bool = True, digits: int = 2) -> str:
     return str(value)
 
 
+def with_intervals(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """Display copy: every column ``X`` with sibling columns ``X lo`` and ``X hi`` becomes the text
+    ``mean ± half-width`` in percent (``80.30 ± 1.20``; just the mean when the interval is unknown) and the two
+    siblings go. CSV files keep the numeric columns."""
+    out = df.copy()
+    multi = isinstance(out.columns, pd.MultiIndex)
+    for col in list(out.columns):
+        name = col[-1] if multi else col
+        lo = (*col[:-1], f"{name} lo") if multi else f"{name} lo"
+        hi = (*col[:-1], f"{name} hi") if multi else f"{name} hi"
+        if lo not in out.columns or hi not in out.columns:
+            continue
+        cells = []
+        for v, a, b in zip(out[col], out[lo], out[hi], strict=True):
+            mean = fmt(v, True, digits)
+            half = (float(b) - float(a)) / 2 if not (pd.isna(a) or pd.isna(b)) else math.nan
+            cells.append(mean if math.isnan(half) or mean == MISSING else f"{mean} ± {100 * half:.{digits}f}")
+        out[col] = pd.Series(cells, index=out.index, dtype=object)
+        out = out.drop(columns=[lo, hi])
+    return out
+
+
 def _visible(df: pd.DataFrame, hide: Sequence[str]) -> pd.DataFrame:
     drop = [c for c in df.columns if (c[-1] if isinstance(c, tuple) else c) in hide]
     return df.drop(columns=drop)
@@ -58,7 +80,8 @@ def to_markdown(df: pd.DataFrame, *, index: bool = True, percent: bool = True,
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--",
+                  "±": r"$\pm$"}
 
 
 def latex_escape(text: str) -> str:

@@ -32,6 +32,8 @@ import pandas as pd
 
 from medgr2.data.schema import MODALITIES, QUESTION_TYPES
 from medgr2.evaluation.metrics import chance_accuracy, error_transitions, metric_key
+from medgr2.report import aggregate as A
+from medgr2.report.aggregate import PredictionCache
 
 PARENT_TAG = "mlflow.parentRunId"
 # Stages whose runs are expected to carry test metrics; runs of other stages without any ``test/`` metric
@@ -240,7 +242,8 @@ def row_labels(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.Series:
     """Human-readable row label per run.
 
     The ``policy`` tag when set; otherwise the recipe name plus the tags (:data:`LABEL_TAGS`, minus
-    ``exclude``) whose values differ between runs of the same recipe, e.g. ``randk k=1000``.
+    ``exclude``) whose values differ between runs of the same recipe, e.g. ``randk k=1000``; either way plus the
+    other sweep keys (tag ``sweep``) when they differ within the recipe. The seed never splits a row.
     """
     if runs.empty:
         return pd.Series([], dtype=object, index=runs.index)
@@ -250,18 +253,44 @@ def row_labels(runs: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.Series:
         by_exp.setdefault(tag(r, "experiment"), []).append(r)
     labels = []
     for r in recs:
-        if tag(r, "policy"):
-            labels.append(tag(r, "policy"))
-            continue
         peers = by_exp[tag(r, "experiment")]
+        if tag(r, "policy"):
+            rest = sweep_rest(r) if len({sweep_rest(p) for p in peers}) > 1 else ""
+            labels.append(f"{tag(r, 'policy')} {rest}".strip())  # other sweep settings are other rows
+            continue
         parts = [tag(r, "experiment") or "?"]
         for key in LABEL_TAGS:
             if key in exclude:
                 continue
             if len({tag(p, key) for p in peers}) > 1 and tag(r, key) is not None:
                 parts.append(f"{key}={tag(r, key)}")
-        labels.append(" ".join(parts))
+        if len({sweep_rest(p) for p in peers}) > 1:  # other swept keys, e.g. stage.sft.max_steps=800
+            parts.append(sweep_rest(r))
+        labels.append(" ".join(p for p in parts if p))
     return pd.Series(labels, index=runs.index, dtype=object)
+
+
+def sweep_rest(row: Mapping[str, Any], drop: Sequence[str] = LABEL_TAGS) -> str:
+    """The run's sweep keys minus those a table already shows (``k``, ``source``, ...), as ``key=value ...``."""
+    items = [i for i in sweep_of(row).split() if i.partition("=")[0] not in drop]
+    return " ".join(items)
+
+
+def one_sweep(chosen: Mapping[Any, list[dict[str, Any]]], section: str, notes: list[str],
+              describe=str) -> dict[Any, list[dict[str, Any]]]:
+    """Collapse groups keyed ``(key, sweep_rest)`` to ``key``: when one cell has runs of several other sweep
+    settings, the setting with the latest run fills it and the report says which were left out."""
+    by_key: dict[Any, list[tuple[str, list[dict[str, Any]]]]] = {}
+    for (key, rest), runs in chosen.items():
+        by_key.setdefault(key, []).append((rest, runs))
+    out = {}
+    for key, options in by_key.items():
+        options.sort(key=lambda o: max(str(r.get("start_time")) for r in o[1]))
+        out[key] = options[-1][1]
+        if len(options) > 1:
+            notes.append(f"{section}: {describe(key)} has runs of {len(options)} sweep settings; used "
+                         f"'{options[-1][0] or 'none'}', not " + ", ".join(f"'{o[0] or 'none'}'" for o in options[:-1]) + ".")
+    return out
 
 
 def _when(row: Mapping[str, Any]) -> str:
@@ -269,22 +298,47 @@ def _when(row: Mapping[str, Any]) -> str:
     return "?" if t is None or pd.isna(t) else pd.Timestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def seed_of(row: Mapping[str, Any]) -> str:
+    """The run's ``seed`` tag; ``?`` for runs logged before it existed (they count as one unknown seed)."""
+    return tag(row, "seed") or "?"
+
+
+def sweep_of(row: Mapping[str, Any]) -> str:
+    """The run's ``sweep`` tag (what sets it apart within its recipe, without the seed); ``""`` when absent."""
+    return tag(row, "sweep") or ""
+
+
 def latest_by(records: list[dict[str, Any]], key, section: str, notes: list[str],
-              describe=str) -> dict[Any, dict[str, Any]]:
-    """Group run records by ``key(record)``, keep the latest started of each, and note every such choice."""
-    groups: dict[Any, list[dict[str, Any]]] = {}
+              describe=str) -> dict[Any, list[dict[str, Any]]]:
+    """Group run records by ``key(record)`` plus their sweep keys, one run per seed in each group (the latest
+    started of a seed; every such choice is noted), seeds in order. A group is one cell of a table."""
+    groups: dict[Any, dict[str, list[dict[str, Any]]]] = {}
     for r in records:
-        groups.setdefault(key(r), []).append(r)
-    chosen = {}
-    for k, rs in groups.items():
-        rs = sorted(rs, key=lambda r: (pd.Timestamp(r["start_time"]) if not pd.isna(r.get("start_time"))
-                                       else pd.Timestamp(0, tz="UTC"), r["run_id"]))
-        chosen[k] = rs[-1]
-        if len(rs) > 1:
-            older = ", ".join(r["run_id"][:8] for r in rs[:-1])
-            notes.append(f"{section}: {len(rs)} finished runs share the row {describe(k)}; used the latest, "
-                         f"{rs[-1]['run_id'][:8]} (started {_when(rs[-1])}), not {older}.")
+        groups.setdefault(key(r), {}).setdefault(seed_of(r), []).append(r)
+    chosen: dict[Any, list[dict[str, Any]]] = {}
+    for k, by_seed in groups.items():
+        picked = []
+        for seed, rs in A.pairs(by_seed):
+            rs = sorted(rs, key=lambda r: (pd.Timestamp(r["start_time"]) if not pd.isna(r.get("start_time"))
+                                           else pd.Timestamp(0, tz="UTC"), r["run_id"]))
+            picked.append(rs[-1])
+            if len(rs) > 1:
+                older = ", ".join(r["run_id"][:8] for r in rs[:-1])
+                what = f" (seed {seed})" if seed != "?" else ""
+                notes.append(f"{section}: {len(rs)} finished runs share the row {describe(k)}{what}; used the "
+                             f"latest, {rs[-1]['run_id'][:8]} (started {_when(rs[-1])}), not {older}.")
+        chosen[k] = picked
     return chosen
+
+
+def seeds_text(runs: Sequence[Mapping[str, Any]]) -> str:
+    """``"0, 1, 2"``: the seeds of a cell's runs."""
+    return A.seed_label([seed_of(r) for r in runs])
+
+
+def ids_text(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The cell's run ids, comma-separated (one id for one seed)."""
+    return ",".join(r["run_id"] for r in runs)
 
 
 def eval_records(runs: pd.DataFrame, section: str, skipped: list,
@@ -328,13 +382,16 @@ def chance_by_modality(predictions: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def table1(runs: pd.DataFrame, chance: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+def table1(runs: pd.DataFrame, chance: Mapping[str, Mapping[str, float]] | None = None,
+           predictions: PredictionCache | None = None) -> pd.DataFrame:
     """Test accuracy per modality and overall, one row per policy and data set, then a chance row per data set.
 
-    Columns: ``policy``, ``data``, one per modality present (canonical order), ``Overall``, ``run_id``.
-    Rows are identified by (data, label); several finished runs of one row -> the latest one (noted).
-    Chance per modality comes from ``test/chance/modality/<M>`` when logged, else from ``chance[data]``
-    (e.g. :func:`chance_by_modality` of a predictions file); overall chance is ``test/chance``.
+    Columns: ``policy``, ``data``, one per modality present (canonical order), ``Overall`` with ``Overall lo``
+    / ``Overall hi`` (95% interval, :func:`medgr2.report.aggregate.cell`), ``seeds``, ``run_id`` (the runs,
+    comma-separated). Rows are identified by (data, label); the seeds of a row are averaged; several finished
+    runs of one seed -> the latest one (noted). Chance per modality comes from ``test/chance/modality/<M>`` when
+    logged, else from ``chance[data]`` (e.g. :func:`chance_by_modality` of a predictions file); overall chance
+    is ``test/chance``.
     """
     skipped: list = []
     notes: list = []
@@ -348,19 +405,22 @@ def table1(runs: pd.DataFrame, chance: Mapping[str, Mapping[str, float]] | None 
         r["_data"] = tag(r, "data") or "?"
     chosen = latest_by(recs, lambda r: (r["_data"], r["_label"]), "Table 1", notes,
                        describe=lambda k: f"'{k[1]}' on {k[0]}")
-    per_run = {k: group_metrics(r, "test/acc/modality/", MODALITIES) for k, r in chosen.items()}
-    mods = ordered({m for g in per_run.values() for m in g}, MODALITIES)
+    per_row = {k: [group_metrics(r, "test/acc/modality/", MODALITIES) for r in rs] for k, rs in chosen.items()}
+    mods = ordered({m for g in per_row.values() for one in g for m in one}, MODALITIES)
     rows = []
-    order = sorted(chosen, key=lambda k: (k[0], experiment_rank(tag(chosen[k], "experiment")),
-                                          as_int(tag(chosen[k], "k")) or 0, k[1]))
+    order = sorted(chosen, key=lambda k: (k[0], experiment_rank(tag(chosen[k][0], "experiment")),
+                                          as_int(tag(chosen[k][0], "k")) or 0, k[1]))
     for k in order:
-        r = chosen[k]
-        rows.append({"policy": k[1], "data": k[0], **{m: per_run[k].get(m, math.nan) for m in mods},
-                     "Overall": metric(r, "test/acc"), "run_id": r["run_id"]})
-        used.append({"section": "table1", "row": f"{k[1]} ({k[0]})", "run_id": r["run_id"]})
+        rs = chosen[k]
+        est = A.cell([metric(r, "test/acc") for r in rs], [r["run_id"] for r in rs], predictions)
+        cells = {m: _mean([g.get(m, math.nan) for g in per_row[k]]) for m in mods}
+        rows.append({"policy": k[1], "data": k[0], **cells, **A.interval_columns(est, "Overall"),
+                     "seeds": len(rs), "run_id": ids_text(rs)})
+        used += [{"section": "table1", "row": f"{k[1]} ({k[0]}) seed {seed_of(r)}", "run_id": r["run_id"]} for r in rs]
     for data in sorted({k[0] for k in chosen}):
         # The reference run: the latest one with per-modality chance logged, else the latest one.
-        on_data = sorted((chosen[k] for k in chosen if k[0] == data), key=lambda r: (str(r["start_time"]), r["run_id"]))
+        on_data = sorted((r for k in chosen if k[0] == data for r in chosen[k]),
+                         key=lambda r: (str(r["start_time"]), r["run_id"]))
         with_chance = [r for r in on_data if group_metrics(r, "test/chance/modality/", MODALITIES)]
         ref = (with_chance or on_data)[-1]
         logged = group_metrics(ref, "test/chance/modality/", MODALITIES)
@@ -369,31 +429,43 @@ def table1(runs: pd.DataFrame, chance: Mapping[str, Mapping[str, float]] | None 
         rows.append({"policy": "chance", "data": data,
                      **{m: logged.get(m, extra.get(m, math.nan)) for m in mods},
                      "Overall": overall if not math.isnan(overall) else extra.get("Overall", math.nan),
-                     "run_id": ref["run_id"]})
+                     "Overall lo": math.nan, "Overall hi": math.nan, "seeds": pd.NA, "run_id": ref["run_id"]})
         if not logged and not extra and mods:
             notes.append(f"Table 1: no per-modality chance on {data} (no test/chance/modality/* metrics and "
                          "no predictions with n_options).")
-    return _finish(pd.DataFrame(rows), skipped, notes, used)
+    df = pd.DataFrame(rows)
+    df["seeds"] = df["seeds"].astype("Int64")
+    return _finish(df, skipped, notes, used)
+
+
+def _mean(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Table 2: ablation
 
 
-def table2(runs: pd.DataFrame) -> pd.DataFrame:
-    """Ablation: rows base / SFT raw / SFT rewarded / +GRPO, columns (``<data>/test``, Acc|F1|AUC).
+def table2(runs: pd.DataFrame, predictions: PredictionCache | None = None) -> pd.DataFrame:
+    """Ablation: rows base / SFT raw / SFT rewarded / +GRPO, columns (``<data>/test``, Acc|F1|AUC with
+    ``<m> lo`` / ``<m> hi`` 95% intervals, then ``seeds``).
 
-    Rows come from :data:`TABLE2_ROWS`; one column group per ``data`` tag seen on those recipes' runs.
-    A row without a run on an eval set stays NaN and is listed in ``attrs["missing"]``.
+    Rows come from :data:`TABLE2_ROWS`; one column group per ``data`` tag seen on those recipes' runs. A cell
+    averages the recipe's seeds (Acc's interval also covers the test questions when predictions exist; F1 and
+    AUC: the seed spread only). A row without a run on an eval set stays NaN and is listed in
+    ``attrs["missing"]``; ``attrs["groups"]`` maps (row, data) to the runs used.
     """
     skipped: list = []
     notes: list = []
     used: list = []
     missing: list = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     wanted = [e for _, exps in TABLE2_ROWS for e in exps]
     recs = eval_records(runs, "table2", skipped, experiments=wanted)
     datas = sorted({tag(r, "data") or "?" for r in recs})
-    cols = pd.MultiIndex.from_tuples([(f"{d}/test", m) for d in datas for m, _ in TABLE2_METRICS],
+    metric_cols = [c for m, _ in TABLE2_METRICS for c in (m, f"{m} lo", f"{m} hi")] + ["seeds"]
+    cols = pd.MultiIndex.from_tuples([(f"{d}/test", c) for d in datas for c in metric_cols],
                                      names=["eval set", "metric"]) if datas else \
         pd.MultiIndex.from_arrays([[], []], names=["eval set", "metric"])
     table = pd.DataFrame(np.nan, index=pd.Index([name for name, _ in TABLE2_ROWS], name="policy"), columns=cols)
@@ -409,28 +481,39 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
                     cands = [r for r in cands if (as_int(tag(r, "k")) or -1) == best]
                     notes.append(f"Table 2: no '{exps[0]}' run on {d}; '{name}' uses topk_grpo with the "
                                  f"largest K ({best if best >= 0 else 'no k tag'}).")
-                pick = latest_by(cands, lambda r: 0, "Table 2", notes,
-                                 describe=lambda _k, n=name, e=e, d=d: f"'{n}' ({e}) on {d}")[0]
+                label = f"'{name}' ({e}) on {d}"
+                by_sweep = latest_by(cands, lambda r: (0, sweep_rest(r)), "Table 2", notes,
+                                     describe=lambda _k, lab=label: lab)
+                pick = one_sweep(by_sweep, "Table 2", notes, describe=lambda _k, lab=label: lab)[0]
                 break
             if pick is None:
                 missing.append(f"{name} on {d}: no finished run of {' / '.join(exps)} with test/acc")
                 continue
+            ids = [r["run_id"] for r in pick]
             for m, key in TABLE2_METRICS:
-                table.loc[name, (f"{d}/test", m)] = metric(pick, key)
-            used.append({"section": "table2", "row": f"{name} ({d})", "run_id": pick["run_id"]})
+                est = A.cell([metric(r, key) for r in pick], ids, predictions, use_questions=(key == "test/acc"))
+                for col, v in A.interval_columns(est, m).items():
+                    table.loc[name, (f"{d}/test", col)] = v
+            table.loc[name, (f"{d}/test", "seeds")] = len(pick)
+            groups[(name, d)] = pick
+            used += [{"section": "table2", "row": f"{name} ({d}) seed {seed_of(r)}", "run_id": r["run_id"]}
+                     for r in pick]
+    for d in datas:
+        table[(f"{d}/test", "seeds")] = table[(f"{d}/test", "seeds")].astype("Int64")
     if not datas:
         missing.extend(f"{name}: no finished run of {' / '.join(exps)} with test/acc" for name, exps in TABLE2_ROWS)
-    return _finish(table, skipped, notes, used, missing=missing)
+    return _finish(table, skipped, notes, used, missing=missing, groups=groups)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Figure 2: accuracy vs K
 
 
-def fig2_points(runs: pd.DataFrame) -> pd.DataFrame:
+def fig2_points(runs: pd.DataFrame, predictions: PredictionCache | None = None) -> pd.DataFrame:
     """Points of Figure 2: ``data``, ``series`` (RandK / TopK / TopK+GRPO / Rand-all), ``experiment``, ``k``,
-    ``acc``, ``run_id``; one point per (data, series, k), the latest run. Rand-all rows are the reference line
-    (their ``k`` is the tag when present). Curve runs without an integer ``k`` tag are skipped."""
+    ``acc`` (mean over seeds) with ``acc lo`` / ``acc hi`` (95% interval), ``seeds``, ``run_id`` (the runs,
+    comma-separated); one point per (data, series, k). Rand-all rows are the reference line (their ``k`` is
+    the tag when present). Curve runs without an integer ``k`` tag are skipped."""
     skipped: list = []
     notes: list = []
     used: list = []
@@ -448,19 +531,31 @@ def fig2_points(runs: pd.DataFrame) -> pd.DataFrame:
         r["_k"] = None if e == ref_exp else k
         r["_data"] = tag(r, "data") or "?"
         keep.append(r)
-    chosen = latest_by(keep, lambda r: (r["_data"], r["_series"], r["_k"]), "Figure 2", notes,
-                       describe=lambda k: f"{k[1]}" + (f" K={k[2]}" if k[2] is not None else "") + f" on {k[0]}")
+
+    def describe(k) -> str:
+        return f"{k[1]}" + (f" K={k[2]}" if k[2] is not None else "") + f" on {k[0]}"
+
+    by_sweep = latest_by(keep, lambda r: ((r["_data"], r["_series"], r["_k"]), sweep_rest(r)), "Figure 2", notes,
+                         describe=lambda k: describe(k[0]))
+    chosen = one_sweep(by_sweep, "Figure 2", notes, describe=describe)
     series_order = [*FIG2_SERIES.values(), ref_name]
     rows = []
+    groups: dict[tuple[str, str, int | None], list[dict[str, Any]]] = {}  # (data, series, k) -> runs
     for key in sorted(chosen, key=lambda k: (k[0], series_order.index(k[1]), k[2] or 0)):
-        r = chosen[key]
-        k = key[2] if key[2] is not None else as_int(tag(r, "k"))
-        rows.append({"data": key[0], "series": key[1], "experiment": tag(r, "experiment"), "k": k,
-                     "acc": metric(r, "test/acc"), "run_id": r["run_id"]})
-        used.append({"section": "fig2", "row": f"{key[1]} K={k} ({key[0]})", "run_id": r["run_id"]})
-    df = pd.DataFrame(rows, columns=["data", "series", "experiment", "k", "acc", "run_id"])
+        rs = chosen[key]
+        groups[key] = rs
+        k = key[2] if key[2] is not None else as_int(tag(rs[-1], "k"))
+        est = A.cell([metric(r, "test/acc") for r in rs], [r["run_id"] for r in rs], predictions)
+        rows.append({"data": key[0], "series": key[1], "experiment": tag(rs[0], "experiment"), "k": k,
+                     **A.interval_columns(est, "acc"), "seeds": len(rs), "run_id": ids_text(rs)})
+        where = f"{key[1]}" + (f" K={k}" if k is not None else "") + f" ({key[0]})"
+        used += [{"section": "fig2", "row": f"{where} seed {seed_of(r)}", "run_id": r["run_id"]}
+                 for r in rs]
+    df = pd.DataFrame(rows, columns=["data", "series", "experiment", "k", "acc", "acc lo", "acc hi", "seeds",
+                                     "run_id"])
     df["k"] = df["k"].astype("Int64")
-    return _finish(df, skipped, notes, used)
+    df["seeds"] = df["seeds"].astype("Int64")
+    return _finish(df, skipped, notes, used, groups=groups)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -493,22 +588,28 @@ def transfer_matrix(runs: pd.DataFrame, axis: str = "modality") -> pd.DataFrame:
             r["_src"] = canonical_group(tag(r, "source"), sources)
             r["_data"] = tag(r, "data") or "?"
             keep.append(r)
-    chosen = latest_by(keep, lambda r: (r["_data"], r["_src"]), "Figure 4", notes,
-                       describe=lambda k: f"source {k[1]} on {k[0]} ({exp})")
+    by_sweep = latest_by(keep, lambda r: ((r["_data"], r["_src"]), sweep_rest(r, (*LABEL_TAGS, "source_axis"))),
+                         "Figure 4", notes, describe=lambda k: f"source {k[0][1]} on {k[0][0]} ({exp})")
+    chosen = one_sweep(by_sweep, "Figure 4", notes, describe=lambda k: f"source {k[1]} on {k[0]} ({exp})")
     several = len({k[0] for k in chosen}) > 1
-    cols = ordered({g for r in chosen.values() for g in group_metrics(r, prefix, known)}, known)
+    cols = ordered({g for rs in chosen.values() for r in rs for g in group_metrics(r, prefix, known)}, known)
     src_order = ordered({k[1] for k in chosen}, sources)
-    index, rows = [], []
+    index, rows, n_seeds = [], [], []
     for key in sorted(chosen, key=lambda k: (k[0], src_order.index(k[1]))):
-        r = chosen[key]
-        g = group_metrics(r, prefix, known)
+        rs = chosen[key]
+        gs = [group_metrics(r, prefix, known) for r in rs]
         index.append(f"{key[1]} ({key[0]})" if several else key[1])
-        rows.append([g.get(c, math.nan) for c in cols])
-        used.append({"section": f"fig4 {axis}", "row": index[-1], "run_id": r["run_id"]})
+        rows.append([_mean([g.get(c, math.nan) for g in gs]) for c in cols])
+        n_seeds.append(len(rs))
+        used += [{"section": f"fig4 {axis}", "row": f"{index[-1]} seed {seed_of(r)}", "run_id": r["run_id"]} for r in rs]
     df = pd.DataFrame(rows, index=pd.Index(index, name="train source", dtype=object),
                       columns=pd.Index(cols, name=col_title, dtype=object), dtype=float)
-    chances = [metric(r, "test/chance") for r in chosen.values() if not math.isnan(metric(r, "test/chance"))]
-    return _finish(df, skipped, notes, used, chance=float(np.median(chances)) if chances else None)
+    if n_seeds and max(n_seeds) > 1:
+        notes.append(f"Figure 4 ({axis}): cells are means over {min(n_seeds)}–{max(n_seeds)} seeds per source.")
+    chances = [metric(r, "test/chance") for rs in chosen.values() for r in rs
+               if not math.isnan(metric(r, "test/chance"))]
+    return _finish(df, skipped, notes, used, chance=float(np.median(chances)) if chances else None,
+                   groups=dict(chosen))
 
 
 # ----------------------------------------------------------------------------------------------------------
