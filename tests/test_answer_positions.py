@@ -103,3 +103,16 @@ def test_transformers_processor_and_the_image_only_one_give_the_same_inputs(real
     b = theirs(text=[text], images=[img], return_tensors="pt")
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["image_grid_thw"], b["image_grid_thw"])
     torch.testing.assert_close(a["pixel_values"].float(), b["pixel_values"].float(), atol=0.05, rtol=0)
+
+
+@needs_real
+def test_a_response_starting_with_newlines_is_labelled_although_qwen_merges_it_with_the_prompt(real_processor):
+    # Random or early policies often start with "\n": Qwen merges it with the prompt's final newline.
+    rec = make_item(SynthMedConfig(), "train", 0)
+    item = {"image": rec["image"], "prompt": "q?", "prefix": "", "target": "\n\nIt is <answer>B</answer>"}
+    batch = ChatCollator(real_processor)([item, {**item, "target": "<answer>C</answer>"}])
+    tok = real_processor.tokenizer
+    labelled = tok.decode(batch["labels"][0][batch["labels"][0] != IGNORE])
+    assert labelled.endswith("\n\nIt is <answer>B</answer><|im_end|>") and labelled.count("\n") <= 3
+    assert tok.decode(batch["input_ids"][0, int(batch["letter_pos"][0])]) == ">B"
+    assert tok.decode(batch["input_ids"][1, int(batch["letter_pos"][1])]) == ">C"

@@ -96,6 +96,14 @@ def letter_slot(tok, text: str) -> tuple[int, list[int]] | None:
     return (k, ids) if len(set(ids)) == len(ids) else None
 
 
+def _common_suffix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common suffix of two token-id lists."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
 class ChatCollator:
     """Callable collator: items -> tensors for ``Qwen2_5_VLForConditionalGeneration``.
 
@@ -142,22 +150,23 @@ class ChatCollator:
         letter_pos = torch.full((len(items),), -1, dtype=torch.long)
         letter_ids = torch.full((len(items), len(LETTERS)), -1, dtype=torch.long)
         for i, (it, tgt) in enumerate(zip(items, targets, strict=True)):
-            # The assistant turn (unlabelled prefix + target) tokenizes the same alone as after the prompt (which
-            # ends in a newline that neither tokenizer merges forward); checked, because labels built on a
-            # mismatch would be silently wrong. Offsets say which tokens hold target characters: under Qwen's
-            # merges the boundary token may hold both (``</think><answer>`` -> ``><``); it is labelled.
+            # The assistant turn (unlabelled prefix + target) is tokenized alone, with character offsets: they
+            # say which tokens hold target characters (under Qwen's merges a boundary token may hold both prefix
+            # and target, ``</think><answer>`` -> ``><``; it is labelled). Alone and after the prompt the tokens
+            # agree except where the turn starts with whitespace that merges with the prompt's final newline
+            # (a completion "\n\nB" -> one "\n\n\n" token): then only the agreeing tail maps, and the merged
+            # token, which holds target characters, is labelled too.
             prefix = it.get("prefix", "")
             text = prefix + tgt
             enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
             m = len(ids)
-            if input_ids[i, T - m :].tolist() != ids:
-                raise ValueError(f"row {i}: the assistant turn does not tokenize the same after the prompt as "
-                                 f"alone (it starts {text[:40]!r}); labels would be misplaced")
-            first = next(k for k, (_, b) in enumerate(offsets) if b > len(prefix))
-            labels[i, T - m + first :] = input_ids[i, T - m + first :]
+            agree = _common_suffix(input_ids[i].tolist(), ids)  # tokens that map one to one, from the right
+            first = next((k for k, (_, b) in enumerate(offsets) if b > len(prefix)), m)
+            start = T - m + first if first >= m - agree else T - agree - 1
+            labels[i, start:] = input_ids[i, start:]
             slot = letter_slot(self.tok, text)
-            if slot is not None and slot[0] >= first:
+            if slot is not None and slot[0] >= max(first, m - agree):
                 letter_pos[i] = T - m + slot[0]
                 letter_ids[i] = torch.tensor(slot[1])
         batch["labels"] = labels
