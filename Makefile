@@ -10,10 +10,11 @@ PIP := $(BIN)/pip --disable-pip-version-check
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch first (the CPU wheel), then everything else under a constraint that keeps it.
+# torch first (the CPU wheel, pinned in constraints.txt, not in pyproject), then everything else under the
+# same constraint. No torchvision here: the project's image-only processor needs none (see docs/real_checkpoints.md).
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt torch
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	@$(MAKE) --no-print-directory wordnet
 	touch $(STAMP)

@@ -9,7 +9,9 @@ Runs, in order, each in a fresh subprocess so that none inherits another's memor
 4. ``sft_step``      — our Lightning SFT step vs a bare PyTorch loop;
 5. ``grpo_scaling``  — GRPO step time over num_generations x completion length;
 6. ``grpo_profile``  — where one GRPO step's time goes;
-7. ``selection_memory`` — selection peak RSS as the candidate pool grows (``benchmarks/selection_memory.py``).
+7. ``selection_memory`` — selection peak RSS as the candidate pool grows (``benchmarks/selection_memory.py``);
+8. ``sft_answer_logits`` — SFT forward+backward with the LM head on the answer window vs every position, on a
+   narrow checkpoint with the real 151,936-token vocabulary.
 
 Each writes ``benchmarks/results/<name>.json``; this script then writes ``benchmarks/results/SUMMARY.md``
 (date, machine, thread count, load averages, every table, the targets met or missed) and prints it.
@@ -39,6 +41,7 @@ FULL: dict[str, list[str]] = {
     "grpo_scaling": [],
     "grpo_profile": [],
     "selection_memory": [],
+    "sft_answer_logits": [],
 }
 QUICK: dict[str, list[str]] = {
     "grpo_vs_trl": ["--configs", "1x2x4", "--steps", "1", "--warmup", "1", "--rss-steps", "0"],
@@ -48,6 +51,7 @@ QUICK: dict[str, list[str]] = {
     "grpo_scaling": ["--gens", "2", "--lengths", "2", "4", "--steps", "1", "--warmup", "1"],
     "grpo_profile": ["--config", "1x2x4", "--steps", "1", "--warmup", "1", "--profiler-steps", "1"],
     "selection_memory": ["--sizes", "200", "--k", "10"],
+    "sft_answer_logits": ["--steps", "1", "--batch-size", "1", "--image-size", "56"],
 }
 TITLES = {
     "grpo_vs_trl": "GRPO step: ours vs TRL GRPOTrainer",
@@ -57,6 +61,7 @@ TITLES = {
     "grpo_scaling": "GRPO step time vs num_generations x completion length",
     "grpo_profile": "Profile of one GRPO step (ours)",
     "selection_memory": "Selection peak memory vs candidate pool size",
+    "sft_answer_logits": "SFT step on the real vocabulary: LM head on the answer only vs every position",
 }
 
 

@@ -77,9 +77,15 @@ def same_batch(got: dict, want: dict) -> None:
 
 
 def test_every_batch_equals_the_processors_bit_for_bit(module, rows) -> None:
+    import copy
+
     items = odd_items(rows)
-    ref = RewardCollator(module.processor)
-    fast = ScoringCollator(module.processor)
+    # Without model.image_size's resize-first (ChatCollator.images), so that odd sizes reach the processor's
+    # own resize and its cached pixels; with it every image is 56x56 and takes the vectorised path.
+    processor = copy.copy(module.processor)
+    processor.fixed_image_side = None
+    ref = RewardCollator(processor)
+    fast = ScoringCollator(processor)
     cache = ScoringCache()
     # The first batch is the self-check (the reference's batch is returned); later ones are the fast path.
     for bs in (4, 5, len(items)):

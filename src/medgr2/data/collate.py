@@ -3,7 +3,8 @@
 An *item* is ``{"image": PIL, "prompt": str, "prefix": str, "target": str}``: the user turn's text (the
 image goes first), an unlabelled start of the assistant turn and the labelled rest of it. Sequences are
 left-padded (generation needs it; Qwen's M-RoPE positions follow the attention mask, so training does not
-care), which puts every response at the right end: labels are the last ``len(target)+1`` tokens.
+care), which puts every response at the right end: labels are the final tokens that hold target characters
+(character offsets decide, so any tokenizer's merges are handled).
 """
 
 from __future__ import annotations
@@ -51,12 +52,66 @@ def to_rgb(image: Any) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+ANSWER_TAG = "<answer>"
+
+
+def answer_letter_char(text: str) -> int:
+    """Character index of the answer letter in ``text`` (the letter right after the last ``<answer>``), or -1."""
+    cut = text.rfind(ANSWER_TAG)
+    c = cut + len(ANSWER_TAG)
+    return c if cut >= 0 and c < len(text) and text[c] in LETTERS else -1
+
+
+def token_at_char(offsets: Sequence[tuple[int, int]], c: int) -> int:
+    """Index of the token whose character span covers ``c`` (offset mapping), or -1."""
+    for k, (a, b) in enumerate(offsets):
+        if a <= c < b:
+            return k
+    return -1
+
+
+def letter_slot(tok, text: str) -> tuple[int, list[int]] | None:
+    """Where the answer letter of ``text`` sits under ``tok``'s own merges, and what each option would put there.
+
+    Returns ``(k, ids)``: ``k`` the index of the token that holds the letter in ``tok(text)`` and ``ids[j]`` the
+    token at ``k`` when the letter is ``LETTERS[j]`` (the same tokens before ``k`` for every letter). The tiny
+    tokenizer gives the letter its own token (``B``); Qwen's merges it with the tag's ``>`` (``>B``): both are a
+    slot of one token, found from character offsets rather than from an ``<answer>`` token id. ``None`` when
+    ``text`` has no answer letter or the letters do not share the context before their token.
+    """
+    c = answer_letter_char(text)
+    if c < 0:
+        return None
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    k = token_at_char(enc["offset_mapping"], c)
+    if k < 0:
+        return None
+    head, start = enc["input_ids"][:k], enc["offset_mapping"][k][0]
+    ids = []
+    for x in LETTERS:
+        alt = tok(text[:c] + x + text[c + 1 :], add_special_tokens=False, return_offsets_mapping=True)
+        if alt["input_ids"][:k] != head or len(alt["input_ids"]) <= k or alt["offset_mapping"][k][0] != start:
+            return None
+        ids.append(alt["input_ids"][k])
+    return (k, ids) if len(set(ids)) == len(ids) else None
+
+
+def _common_suffix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common suffix of two token-id lists."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
 class ChatCollator:
     """Callable collator: items -> tensors for ``Qwen2_5_VLForConditionalGeneration``.
 
     Besides the processor outputs it returns ``labels`` (-100 outside the target) and, when the target
-    contains ``<answer>X``, ``letter_pos`` (index of the letter token, -1 if none) and ``letter_ids``
-    (the token ids of A..D) so that modules can log the answer-letter loss and accuracy.
+    contains ``<answer>X``, ``letter_pos`` ``(B,)`` (index of the token holding the letter, -1 if none) and
+    ``letter_ids`` ``(B, L)`` (the token each option letter A..D would put there, see :func:`letter_slot`) so
+    that modules can log the answer-letter loss and accuracy under any tokenizer.
+    Images are resized to ``processor.fixed_image_side`` first when it is set (``model.image_size``).
     """
 
     def __init__(self, processor, max_length: int | None = None, generation: bool = False):
@@ -64,22 +119,23 @@ class ChatCollator:
         self.tok = processor.tokenizer
         self.max_length = max_length
         self.generation = generation
-        self.answer_id = self.tok.convert_tokens_to_ids("<answer>")
-        if self.answer_id == self.tok.unk_token_id:
-            self.answer_id = None
-        self.letter_ids = torch.tensor([self._single_id(c) for c in LETTERS])
+        self.side = getattr(processor, "fixed_image_side", None)
         self.eos = self.tok.convert_tokens_to_ids("<|im_end|>")
-
-    def _single_id(self, text: str) -> int:
-        ids = self.tok.encode(text, add_special_tokens=False)
-        return ids[0] if len(ids) == 1 else -1
 
     def prompt_text(self, item: Mapping[str, Any]) -> str:
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item["prompt"]}]}]
         return self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def images(self, items: Sequence[Mapping[str, Any]]) -> list[Image.Image]:
+        """RGB images, resized to the pinned square side when there is one (exactly (side/28)^2 tokens each)."""
         images = [to_rgb(it["image"]) for it in items]
+        if self.side:
+            images = [im if im.size == (self.side, self.side) else
+                      im.resize((self.side, self.side), Image.Resampling.BICUBIC) for im in images]
+        return images
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        images = self.images(items)
         prompts = [self.prompt_text(it) + it.get("prefix", "") for it in items]
         if self.generation:
             return dict(self.processor(text=prompts, images=images, return_tensors="pt", padding=True))
@@ -92,18 +148,30 @@ class ChatCollator:
         T = input_ids.shape[1]
         labels = torch.full_like(input_ids, IGNORE)
         letter_pos = torch.full((len(items),), -1, dtype=torch.long)
-        for i, tgt in enumerate(targets):
-            # The target tokenizes the same alone as after the prompt: it starts with an atomic tag token.
-            tgt_ids = self.tok.encode(tgt, add_special_tokens=False)
-            n = len(tgt_ids)
-            labels[i, T - n :] = input_ids[i, T - n :]
-            if self.answer_id is not None and self.answer_id in tgt_ids:
-                k = len(tgt_ids) - 1 - tgt_ids[::-1].index(self.answer_id)
-                if k + 1 < n and int(input_ids[i, T - n + k + 1]) in self.letter_ids.tolist():
-                    letter_pos[i] = T - n + k + 1
+        letter_ids = torch.full((len(items), len(LETTERS)), -1, dtype=torch.long)
+        for i, (it, tgt) in enumerate(zip(items, targets, strict=True)):
+            # The assistant turn (unlabelled prefix + target) is tokenized alone, with character offsets: they
+            # say which tokens hold target characters (under Qwen's merges a boundary token may hold both prefix
+            # and target, ``</think><answer>`` -> ``><``; it is labelled). Alone and after the prompt the tokens
+            # agree except where the turn starts with whitespace that merges with the prompt's final newline
+            # (a completion "\n\nB" -> one "\n\n\n" token): then only the agreeing tail maps, and the merged
+            # token, which holds target characters, is labelled too.
+            prefix = it.get("prefix", "")
+            text = prefix + tgt
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            m = len(ids)
+            agree = _common_suffix(input_ids[i].tolist(), ids)  # tokens that map one to one, from the right
+            first = next((k for k, (_, b) in enumerate(offsets) if b > len(prefix)), m)
+            start = T - m + first if first >= m - agree else T - agree - 1
+            labels[i, start:] = input_ids[i, start:]
+            slot = letter_slot(self.tok, text)
+            if slot is not None and slot[0] >= max(first, m - agree):
+                letter_pos[i] = T - m + slot[0]
+                letter_ids[i] = torch.tensor(slot[1])
         batch["labels"] = labels
         batch["letter_pos"] = letter_pos
-        batch["letter_ids"] = self.letter_ids
+        batch["letter_ids"] = letter_ids
         return batch
 
 

@@ -103,17 +103,20 @@ def balanced_accuracy(pred: Sequence[str | None], gold: Sequence[str]) -> float:
     return float(np.mean([np.mean(v) for v in per_class.values()]))
 
 
-def option_auc(option_probs: Sequence[Sequence[float]], gold_index: Sequence[int]) -> float:
+def option_auc(option_probs: Sequence[Sequence[float] | None], gold_index: Sequence[int]) -> float:
     """ROC AUC of each option's probability as a score for "this option is the correct one".
 
     All (question, option) pairs are pooled: the gold option of each question is a positive, every other
-    option a negative. Questions may have different numbers of options. NaN when only one class is present
+    option a negative. Questions may have different numbers of options; ``None`` entries (unknown) are left
+    out. NaN when only one class is present
     (e.g. no items, or only one-option questions).
     """
     _check_len(option_probs=option_probs, gold_index=gold_index)
     scores: list[float] = []
     labels: list[int] = []
     for probs, gi in zip(option_probs, gold_index, strict=True):
+        if probs is None:  # unknown for this question (see evaluation.evaluate.option_probs): left out
+            continue
         if not 0 <= gi < len(probs):
             raise ValueError(f"gold index {gi} out of range for {len(probs)} options")
         scores.extend(float(p) for p in probs)

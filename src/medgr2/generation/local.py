@@ -66,6 +66,12 @@ class HFBackend:
     def __repr__(self) -> str:
         return f"HFBackend(model={self.model!r}, batch_size={self.batch_size}, do_sample={self.do_sample})"
 
+    def decoding(self) -> dict[str, Any]:
+        """The effective decoding settings passed to ``generate()`` (all explicit)."""
+        from medgr2.models.decoding import GREEDY, sampling
+
+        return sampling(self.temperature, self.top_p) if self.do_sample else dict(GREEDY)
+
     def fingerprint(self) -> dict[str, Any]:
         """Settings that change outputs."""
         return {
@@ -128,11 +134,9 @@ class HFBackend:
                 tokenizer.padding_side = old_side
         device = _device_of(self._model)
         inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in dict(inputs).items()}
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
-        if self.do_sample:
-            kwargs["temperature"] = self.temperature
-            if self.top_p is not None:
-                kwargs["top_p"] = self.top_p
+        # Every distribution-shaping setting explicit: generate() would otherwise take the unset ones from the
+        # checkpoint's generation_config.json (Qwen2.5-VL's: repetition_penalty 1.05, temperature 1e-6).
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, **self.decoding()}
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is not None:
             kwargs["pad_token_id"] = pad_id
@@ -210,6 +214,9 @@ class VLLMBackend:
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            # Explicit: vLLM fills unset sampling settings from the checkpoint's generation_config.json.
+            "top_k": -1,
+            "repetition_penalty": 1.0,
             "seed": req.seed,
         }
         if self.guided_json and req.response_schema:

@@ -3,7 +3,7 @@
 Every stage gets its VLM from :func:`load_vlm`. The tiny embedded model is built once into a cache folder
 (keyed by a hash of its spec and tokenizer corpus) and then loaded through exactly the same
 ``from_pretrained`` / ``AutoProcessor`` path that a hub id or a local checkpoint of
-``Qwen/Qwen2.5-VL-3B-Instruct`` takes.
+``Qwen/Qwen2.5-VL-3B-Instruct`` takes; the processor comes from :mod:`medgr2.models.processor`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration
 
-from medgr2.models.tiny import TinyVLMSpec, build_tiny_vlm, register_tiny_processor
+from medgr2.models.processor import load_processor
+from medgr2.models.tiny import TinyVLMSpec, build_tiny_vlm
 from medgr2.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class ModelSpec:
     """What ``conf/model/*.yaml`` describes.
 
     ``path`` is a hub id or a local folder; ``None`` with ``tiny`` set means the embedded tiny model.
+    Extra keys (``pretrain``, ...) are ignored here.
     ``quantization``: ``none`` | ``8bit`` | ``4bit`` (bitsandbytes). 4-bit + generation is GPU-only.
     """
 
@@ -55,7 +57,12 @@ class ModelSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)
     tiny: TinyVLMSpec | None = None
     cache_dir: str = ".cache/medgr2"
-    image_size: int | None = None  # resize images to this square side before the processor (None: keep)
+    # Image resolution (models/processor.py): image_size pins a square side (resized first, multiple of 28,
+    # exactly (side/28)^2 tokens per image); otherwise Qwen's min_pixels / max_pixels bound each image
+    # (None: the checkpoint's preprocessor_config.json).
+    image_size: int | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     trust_remote_code: bool = False
 
     @staticmethod
@@ -94,26 +101,6 @@ def resolve_model_path(spec: ModelSpec, corpus_fn: Callable[[], Iterable[str]] |
         with atomic_dir(path) as tmp:
             build_tiny_vlm(spec.tiny, corpus, tmp)
     return str(path)
-
-
-def load_processor(path: str, image_size: int | None = None, trust_remote_code: bool = False):
-    """``AutoProcessor`` for a checkpoint; fails loudly if images would be silently dropped."""
-    register_tiny_processor()
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if not hasattr(processor, "image_processor"):
-        raise TypeError(
-            f"AutoProcessor.from_pretrained({path!r}) returned {type(processor).__name__} without an image "
-            "processor; images would be dropped. Is this a vision-language checkpoint?"
-        )
-    if image_size:
-        # Real Qwen processors pick a resolution per image; pinning pixels keeps token counts predictable.
-        px = image_size * image_size
-        processor.image_processor.size = {"shortest_edge": px, "longest_edge": px}
-    tok = processor.tokenizer
-    tok.padding_side = "left"  # generation needs left padding; training collators pad explicitly
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return processor
 
 
 def _quantization_config(kind: str):
@@ -155,7 +142,8 @@ def load_vlm(spec: ModelSpec | Any, weights: str | None = None, corpus_fn=None, 
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec.from_config(spec)
     base_path = resolve_model_path(spec, corpus_fn)
-    processor = load_processor(weights or base_path, spec.image_size, spec.trust_remote_code)
+    processor = load_processor(weights or base_path, spec.image_size, spec.min_pixels, spec.max_pixels,
+                               spec.trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": DTYPES[spec.dtype]}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation

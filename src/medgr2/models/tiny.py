@@ -15,14 +15,10 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    AutoProcessor,
-    PreTrainedTokenizerFast,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-)
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from medgr2.models.processor import ImageOnlyQwen2_5_VLProcessor, register_processor
 
 # Qwen's control tokens; the ids in the model config are read back from the trained tokenizer.
 SPECIAL_TOKENS = [
@@ -49,25 +45,9 @@ CHAT_TEMPLATE = (
 )
 
 
-class TinyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without a video processor (which would need torchvision).
-
-    Registered with ``AutoProcessor`` so ``AutoProcessor.from_pretrained`` returns it: without that
-    registration transformers silently falls back to a bare tokenizer and images are dropped.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, video_processor=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    # ProcessorMixin type-checks every attribute it knows; this one has no video processor.
-    @classmethod
-    def get_attributes(cls) -> list[str]:  # pragma: no cover - exercised through from_pretrained
-        return ["image_processor", "tokenizer"]
-
-
-def register_tiny_processor() -> None:
-    """Make ``AutoProcessor`` resolve Qwen2.5-VL configs saved with the tiny processor class."""
-    AutoProcessor.register(Qwen2_5_VLConfig, TinyQwen2_5_VLProcessor, exist_ok=True)
+# The tiny model's processor is the image-only Qwen2.5-VL processor every checkpoint loads through.
+TinyQwen2_5_VLProcessor = ImageOnlyQwen2_5_VLProcessor
+register_tiny_processor = register_processor
 
 
 @dataclass
@@ -143,7 +123,7 @@ def build_tiny_vlm(spec: TinyVLMSpec, corpus: Iterable[str], out_dir: str | Path
         merge_size=2,
         temporal_patch_size=2,
     )
-    processor = TinyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+    processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                         chat_template=CHAT_TEMPLATE)
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(

@@ -293,7 +293,7 @@ class RewardRegressor(VLMModule):
             "instruction": self.instruction,
             "resolve_letter": self.resolve_letter,
             "model": {k: spec.get(k) for k in ("name", "dtype", "attn_implementation", "image_size",
-                                               "trust_remote_code") if k in spec},
+                                               "min_pixels", "max_pixels", "trust_remote_code") if k in spec},
         }
 
     def export(self, out_dir: str | Path, lineage: Mapping[str, Any] | None = None) -> Path:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from medgr2.data.collate import IGNORE, MODEL_KEYS, ChatCollator, to_rgb
+from medgr2.data.collate import IGNORE, MODEL_KEYS, ChatCollator
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class ScoringCollator:
 
     def _fast(self, items: Sequence[Mapping[str, Any]], cache: ScoringCache) -> dict[str, Tensor]:
         pre, post, tail = self._parts
-        pixels = self._pixels([to_rgb(it["image"]) for it in items], cache)
+        pixels = self._pixels(self.reference.chat.images(items), cache)  # RGB, resized as the reference does
         prompts, targets = [], []
         for it, (_, grid) in zip(items, pixels, strict=True):
             n_img = grid[0] * grid[1] * grid[2] // self._merge**2

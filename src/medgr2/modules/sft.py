@@ -1,4 +1,4 @@
-"""SFT policy (warm start, Eq. 2): next-token loss on the answer tokens only.
+"""SFT policy (warm start, Eq. 2): next-token loss on the answer tokens only (the LM head runs on them only).
 
 Also used for the embedded model's pretraining and for distilling the generator: one training loop.
 """
@@ -15,7 +15,25 @@ from medgr2.data.collate import model_inputs
 from medgr2.models.factory import ModelSpec, count_parameters, load_vlm
 from medgr2.modules import sharding
 from medgr2.modules.optim import adamw_warmup_cosine
-from medgr2.rl.lm_loss import answer_nll, choice_token_stats, letter_stats
+from medgr2.rl.lm_loss import answer_nll, answer_window, choice_token_stats, letter_stats
+
+
+def sft_forward(model, batch: dict[str, torch.Tensor], answer_only: bool = True
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """``(logits, batch_tail, offset)``: the LM head's logits only over the answer window (or all positions).
+
+    ``batch_tail`` holds ``labels`` / ``input_ids`` / ``letter_pos`` / ``letter_ids`` shifted to the window that
+    starts at column ``offset``; the losses computed on it equal the full-logits ones (the other positions
+    carry no label). ``answer_only=False`` is the full-vocabulary-everywhere baseline (benchmarks).
+    """
+    labels = batch["labels"]  # (B, T)
+    keep = answer_window(labels) if answer_only else 0  # 0: every position (transformers' convention)
+    logits = model(**model_inputs(batch), logits_to_keep=keep).logits  # (B, K, V)
+    off = labels.shape[1] - logits.shape[1]
+    pos = batch["letter_pos"]
+    tail = {"labels": labels[:, off:], "input_ids": batch["input_ids"][:, off:],
+            "letter_pos": torch.where(pos >= 0, pos - off, pos), "letter_ids": batch["letter_ids"]}
+    return logits, tail, off
 
 
 class VLMModule(L.LightningModule):
@@ -94,11 +112,11 @@ class SFTPolicy(VLMModule):
         self.check_ids = torch.tensor([i[0] for i in ids]) if all(len(i) == 1 for i in ids) else None
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self.model(**model_inputs(batch)).logits  # (B, T, V)
-        loss = answer_nll(logits, batch["labels"])
-        stats = letter_stats(logits, batch["input_ids"], batch["letter_pos"], batch["letter_ids"])
+        logits, tail, _ = sft_forward(self.model, batch)  # (B, K, V) over the answer window only
+        loss = answer_nll(logits, tail["labels"])
+        stats = letter_stats(logits, tail["input_ids"], tail["letter_pos"], tail["letter_ids"])
         if self.check_ids is not None:
-            stats.update(choice_token_stats(logits, batch["labels"], self.check_ids.to(logits.device)))
+            stats.update(choice_token_stats(logits, tail["labels"], self.check_ids.to(logits.device)))
         bs = batch["input_ids"].shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=stage != "train")
         for k, v in stats.items():

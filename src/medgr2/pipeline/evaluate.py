@@ -8,9 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from medgr2.evaluation.evaluate import predict
+from medgr2.evaluation.evaluate import decoding_settings, predict
 from medgr2.evaluation.metrics import summarize
 from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, check_protocol
+from medgr2.models.decoding import as_params
 from medgr2.pipeline.common import load_split, output_dir
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_text
@@ -25,6 +26,7 @@ def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Pat
     e = cfg.evaluate
     protocol = check_protocol(str(e.get("protocol") or DEFAULT_PROTOCOL))
     rows = load_split(cfg, e.split, limit=e.get("limit"))
+    tracker.log_params(as_params(decoding_settings(int(e.max_new_tokens)), "decoding/evaluate"))
     preds = predict(model, processor, rows, instruction=_instruction(cfg), batch_size=int(e.batch_size),
                     max_new_tokens=int(e.max_new_tokens), protocol=protocol)
     metrics = summarize([p["pred"] for p in preds], [p["gold"] for p in preds], [p["n_options"] for p in preds],

@@ -16,6 +16,31 @@ from medgr2.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 
+def _sequence_report(cfg: DictConfig, records) -> dict | None:
+    """Image tokens and prompt+answer lengths under this model config (None, with the reason logged, when the
+    model's processor cannot be loaded, e.g. a hub id on an offline machine)."""
+    from transformers import AutoConfig
+
+    from medgr2.data.seq_stats import format_sequence_stats, sequence_stats
+    from medgr2.models.factory import ModelSpec, resolve_model_path
+    from medgr2.models.processor import load_processor
+    from medgr2.pipeline.pretrain import _instruction
+
+    spec = ModelSpec.from_config(cfg.model)
+    try:
+        path = resolve_model_path(spec)
+        processor = load_processor(path, spec.image_size, spec.min_pixels, spec.max_pixels, spec.trust_remote_code)
+        vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size  # the LM head's rows
+    except (OSError, ValueError) as exc:
+        log.warning("sequence lengths unknown: cannot load the processor of model %r: %s", spec.path or spec.name,
+                    exc)
+        return None
+    stats = sequence_stats(records, processor, _instruction(cfg), think=bool(cfg.get("think", True)),
+                           vocab_size=vocab)
+    print(format_sequence_stats(stats))
+    return stats
+
+
 def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     skipped: Counter = Counter()
     examples: dict[str, list[str]] = {}
@@ -28,25 +53,33 @@ def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         warnings, warning_examples = res.warnings, res.warning_examples
         stats = dataset_stats(records)
         extra = _omnimedvqa_report(res)
+        seq_rows = records[: int(cfg.stage.get("seq_rows") or len(records))]
     else:
         splits = list(cfg.stage.get("splits") or ["train", "val", "test"])
         stats = {}
-        rows = []
+        rows, seq_rows = [], []
+        n_seq = int(cfg.stage.get("seq_rows") or 10**9)
         for sp in splits:
             ds = load_split(cfg, sp)
             rows.extend(ds.remove_columns("image").to_list())
+            seq_rows.extend(ds.select(range(min(len(ds), max(0, n_seq - len(seq_rows))))).to_list())
         stats = dataset_stats(rows)
     text = format_stats(stats, skipped, examples=examples, warnings=warnings, warning_examples=warning_examples)
     if extra:
         text += format_leakage(extra["leakage"], extra["attributes"], filtered=extra["filtered"])
     print(text)
+    seq = _sequence_report(cfg, seq_rows) if cfg.stage.get("sequences", True) else None
     out = output_dir(cfg) / "data_stats.json"
     atomic_write_json(out, {"stats": stats, "skipped": dict(skipped), "examples": examples,
-                            "warnings": dict(warnings), "warning_examples": warning_examples, **extra})
+                            "warnings": dict(warnings), "warning_examples": warning_examples,
+                            "sequences": seq, **extra})
     tracker.log_artifact(out)
     metrics = {"data/total": float(stats["total"]), "data/skipped": float(sum(skipped.values()))}
     metrics.update({f"data/skipped/{k}": float(v) for k, v in skipped.items()})
     metrics.update({f"data/warnings/{k}": float(v) for k, v in warnings.items()})
+    if seq is not None:
+        for key in ("image_tokens", "sequence_tokens"):
+            metrics.update({f"data/{key}/{k}": v for k, v in seq[key].items()})
     if extra:
         metrics.update(extra["metrics"])
     tracker.log_metrics(metrics)

@@ -44,7 +44,8 @@ def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path
     out = output_dir(cfg)
     trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
                             val_every=min(int(s.get("val_every", 200)), int(s.max_steps)))
-    log.info("SFT on %d rows (think=%s) for %d steps from %s", len(rows), think, s.max_steps, weights or "scratch")
+    log.info("SFT on %d rows (think=%s) for %d steps from %s", len(rows), think, s.max_steps,
+             weights or cfg.model.get("path") or "the tiny model's random init")  # a real checkpoint is not scratch
     trainer.fit(module, train_dl, val_dl, ckpt_path=s.get("ckpt_path"))
     metrics: dict[str, float] = {"train_rows": float(len(rows))}
     policy_dir = out / "policy"

@@ -79,6 +79,9 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Extra params decided at run time (e.g. the effective decoding settings)."""
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
@@ -140,6 +143,13 @@ class MLflowTracker(Tracker):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, ("" if v is None else str(v))[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():

@@ -25,13 +25,26 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return loss / n
 
 
+def answer_window(labels: torch.Tensor) -> int:
+    """How many final positions need logits: from the step that predicts the first labelled token to the end.
+
+    labels: (B, T) with -100 outside the targets, which are left-padded to the right end (the collator's
+    layout). The LM head then runs on ``(B, K, hidden)`` instead of ``(B, T, hidden)`` — with a 152k vocabulary
+    most of an SFT step's time and memory (transformers' ``logits_to_keep``). At least 1.
+    """
+    cols = torch.nonzero((labels != IGNORE).any(dim=0)).flatten()
+    return int(labels.shape[1] - cols.min().item() + 1) if cols.numel() else 1
+
+
 def letter_stats(logits: torch.Tensor, input_ids: torch.Tensor, letter_pos: torch.Tensor,
                  letter_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Teacher-forced loss and accuracy of the answer letter, restricted to the option letters A–D.
 
-    logits: (B, T, V); input_ids: (B, T); letter_pos: (B,) index of the letter token or -1;
-    letter_ids: (L,) token ids of A, B, C, D. Rows without a letter are ignored; with none at all the
-    values are NaN (logged as missing, not as zero).
+    logits: (B, T, V) — or (B, V) already taken at each row's ``letter_pos - 1``; input_ids: (B, T);
+    letter_pos: (B,) index of the token holding the letter or -1; letter_ids: (L,) or (B, L) the token each
+    option letter would put at that position (``>A``.. under Qwen's merges, ``A``.. under the tiny tokenizer;
+    -1 in rows without a letter). Rows without a letter are ignored; with none at all the values are NaN
+    (logged as missing, not as zero).
     """
     has = letter_pos >= 0
     if not bool(has.any()):
@@ -39,9 +52,11 @@ def letter_stats(logits: torch.Tensor, input_ids: torch.Tensor, letter_pos: torc
         return {"letter_loss": nan, "letter_acc": nan}
     rows = torch.nonzero(has).squeeze(1)
     pos = letter_pos[rows]
-    scores = logits[rows, pos - 1][:, letter_ids].float()  # (N, L): the step that predicts the letter
+    ids = letter_ids.expand(letter_pos.shape[0], -1)[rows] if letter_ids.dim() == 1 else letter_ids[rows]  # (N, L)
+    step = logits[rows, pos - 1] if logits.dim() == 3 else logits[rows]  # (N, V): the step predicting the letter
+    scores = step.gather(1, ids).float()  # (N, L)
     target_tok = input_ids[rows, pos]  # (N,)
-    target = (letter_ids.unsqueeze(0) == target_tok.unsqueeze(1)).float().argmax(dim=1)  # (N,)
+    target = (ids == target_tok.unsqueeze(1)).float().argmax(dim=1)  # (N,)
     return {
         "letter_loss": F.cross_entropy(scores, target),
         "letter_acc": (scores.argmax(dim=1) == target).float().mean(),
