@@ -116,9 +116,13 @@ def _records_dataset(records: list[dict]) -> datasets.Dataset:
 
 
 def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | None, val_every: int | None = None,
-                  extra_callbacks: list | None = None) -> L.Trainer:
-    """A Lightning Trainer from ``cfg.trainer`` with our callbacks and the tracker's logger."""
+                  extra_callbacks: list | None = None, label: str | None = None) -> L.Trainer:
+    """A Lightning Trainer from ``cfg.trainer`` with our callbacks, the tracker's logger and, when
+    ``trainer.enable_progress_bar``, one :class:`~medgr2.utils.console.StepProgress` bar labelled ``label``
+    (default: the stage's name)."""
     from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from medgr2.utils.console import StepProgress
 
     logger = tracker.lightning_logger()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -132,6 +136,8 @@ def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | 
                                          every_n_train_steps=max(1, int(cfg.trainer.get("ckpt_every", 100)) or 1),
                                          save_top_k=1, monitor=None, auto_insert_metric_name=False))
     callbacks.extend(extra_callbacks or [])
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgress(label or str(cfg.stage.name)))
     tcfg = {k: v for k, v in to_dict(cfg.trainer).items() if k not in ("ckpt_every", "name")}
     strategy = tcfg.pop("strategy", "auto")
     if isinstance(strategy, dict):
