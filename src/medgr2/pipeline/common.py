@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,8 @@ import datasets
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+
+from medgr2.utils.hashing import SPACED, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,16 @@ def with_stage(cfg: DictConfig, stage: Any, output_dir: str | Path | None = None
 
 
 def fingerprint(*parts: Any) -> str:
-    """Stable short hash of JSON-able parts (cache keys for the pretrained base, candidate pools…)."""
-    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    """Stable short hash of JSON-able parts or config nodes (cache keys for the pretrained base, candidate
+    pools…): :func:`~medgr2.utils.hashing.stable_hash` with the separators these keys were always made with."""
+    return stable_hash(*[to_dict(p) for p in parts], length=12, separators=SPACED)
+
+
+def instruction(cfg: DictConfig) -> str:
+    """The prompt instruction of this config (``data.instruction``), resolved once for every stage."""
+    from medgr2.data.prompting import instruction_text
+
+    return instruction_text(cfg.data.get("instruction", "short"))
 
 
 def cache_dir(cfg: DictConfig) -> Path:
@@ -76,7 +83,9 @@ def load_split(cfg: DictConfig, split: str, limit: int | None = None) -> dataset
         return load_synthmed(scfg, split, cache_dir(cfg) / "data", n=n)
     if dcfg.name == "omnimedvqa":
         res = load_omnimedvqa_from_config(cfg, split)
-        ds = _records_dataset(res.records)
+        from medgr2.data.schema import to_dataset
+
+        ds = to_dataset(res.records)
         return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
     raise ValueError(f"unknown data.name {dcfg.name!r} (synthmed, omnimedvqa)")
 
@@ -107,12 +116,6 @@ def load_omnimedvqa_from_config(cfg: DictConfig, split: str | None):
     if res.n_skipped:
         log.warning("OmniMedVQA %s: skipped %d records: %s", split, res.n_skipped, dict(res.skipped))
     return res
-
-
-def _records_dataset(records: list[dict]) -> datasets.Dataset:
-    from medgr2.data.schema import to_dataset
-
-    return to_dataset(records)
 
 
 def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | None, val_every: int | None = None,

@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 
 def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Path) -> dict[str, float]:
     """Evaluate on ``evaluate.split``; log metrics and the predictions file to the tracker."""
-    from medgr2.pipeline.pretrain import _instruction
+    from medgr2.pipeline.common import instruction
 
     e = cfg.evaluate
     rows = load_split(cfg, e.split, limit=e.get("limit"))
-    preds = predict(model, processor, rows, instruction=_instruction(cfg), batch_size=int(e.batch_size),
+    preds = predict(model, processor, rows, instruction=instruction(cfg), batch_size=int(e.batch_size),
                     max_new_tokens=int(e.max_new_tokens))
     metrics = summarize([p["pred"] for p in preds], [p["gold"] for p in preds], [p["n_options"] for p in preds],
                         [p["modality"] for p in preds], [p["question_type"] for p in preds],

@@ -385,10 +385,9 @@ class Loop:
 
             if bool(s.distill):
                 def distill(tr: Tracker):
-                    from medgr2.pipeline.generate import DISTILL_DEFAULTS, distill_generator
+                    from medgr2.pipeline.generate import distill_generator
 
-                    node = {"name": "distill", **DISTILL_DEFAULTS, **to_dict(s.get("distill_settings") or {}),
-                            "out_dir": str(it_dir / "generator")}
+                    node = {**to_dict(s.distill_settings), "out_dir": str(it_dir / "generator")}
                     sub = sub_config(cfg, node, it_dir / "distill")
                     out = distill_generator(sub, tr, datasets.load_from_disk(d_gen[-1]))
                     return {}, {"generator": str(out)}
@@ -413,8 +412,8 @@ class Loop:
         from medgr2.data.grading import GRADED_FEATURES
         from medgr2.evaluation.evaluate import predict
         from medgr2.models.factory import load_vlm
+        from medgr2.pipeline.common import instruction
         from medgr2.pipeline.generate import generation_sources
-        from medgr2.pipeline.pretrain import _instruction
         from medgr2.pipeline.reward import build_grade_dataset, train_reward
 
         cfg, s, a = self.cfg, self.s, self.s.adapt
@@ -423,7 +422,7 @@ class Loop:
         sources = generation_sources(gen_sub).cast_column("image", datasets.Image())
         prompts = sources.shuffle(seed=int(cfg.seed) + t).select(range(min(int(a.samples), len(sources))))
         model, processor = load_vlm(to_dict(cfg.model), weights=policy, lora=False)
-        preds = predict(model, processor, prompts, instruction=_instruction(cfg),
+        preds = predict(model, processor, prompts, instruction=instruction(cfg),
                         batch_size=int(cfg.evaluate.batch_size), max_new_tokens=int(cfg.evaluate.max_new_tokens),
                         progress=False)
         del model

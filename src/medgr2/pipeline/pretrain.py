@@ -31,7 +31,7 @@ from medgr2.data.prompting import split_rationale, user_text
 from medgr2.data.synthmed import describe
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
-from medgr2.pipeline.common import build_trainer, cache_dir, fingerprint, load_split, to_dict
+from medgr2.pipeline.common import build_trainer, cache_dir, fingerprint, instruction, load_split, to_dict
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir
 
@@ -47,7 +47,7 @@ def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, An
 
     Both skills are slow for a random-init tiny VLM on 2 cores (measured: after 800 steps at batch 32 with
     one item in three describing, SFT from the base still misread colours and letters), so they are mixed
-    half and half throughout rather than phased (a phase switch broke learning, DESIGN.md §3)."""
+    half and half throughout rather than phased (a phase switch broke learning: docs/field-facts.md, "Tiny model")."""
     truth = json.loads(rec["provenance"])["truth"]
     if truth["index"] % 2 == 0:
         return {"image": rec["image"], "prompt": DESCRIBE_PROMPT, "prefix": "",
@@ -134,10 +134,10 @@ def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
     """Train the tiny VLM on descriptions + conclusions from given findings and export it to ``out``."""
     p = cfg.model.pretrain
     rows = load_split(cfg, "pretrain", limit=int(p.n_items))
-    instruction = _instruction(cfg)
+    instr = instruction(cfg)
     module = SFTPolicy(model=to_dict(cfg.model), weights=None, lr=float(p.lr), warmup_steps=int(p.warmup_steps),
                        total_steps=int(p.steps), lora=False)
-    loader = DataLoader(ItemDataset(rows, lambda r: pretrain_item(r, instruction)), batch_size=int(p.batch_size),
+    loader = DataLoader(ItemDataset(rows, lambda r: pretrain_item(r, instr)), batch_size=int(p.batch_size),
                         shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
     trainer = build_trainer(cfg, tracker, max_steps=int(p.steps), ckpt_dir=None, label="pretrain")
     trainer.fit(module, loader)
@@ -147,8 +147,5 @@ def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
     return out
 
 
-def _instruction(cfg: DictConfig) -> str:
-    from medgr2.data.prompting import INSTRUCTIONS
-
-    key = cfg.data.get("instruction", "short")
-    return INSTRUCTIONS.get(key, key) if key else ""
+#: Kept for pipeline/grpo.py, which imports it from here; new code uses ``pipeline.common.instruction``.
+_instruction = instruction
