@@ -33,7 +33,7 @@ wordnet:
 demo: $(STAMP)
 	$(BIN)/python train.py
 
-# Rebuild the tiny pretrained base the repository ships (src/medgr2/assets/base/, ~15 min on 2 cores), e.g.
+# Rebuild the tiny pretrained base the repository ships (src/medgr2/assets/base/; 15-50 min on 2 cores, by load), e.g.
 # after a change of the default model/data/pretrain config; tests/test_shipped_base.py says when it is due.
 base: $(STAMP)
 	$(BIN)/python train.py stage=pretrain stage.ship=true logger=none print_config=false

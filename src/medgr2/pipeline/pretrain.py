@@ -68,9 +68,10 @@ def base_key(cfg: DictConfig) -> str:
     return fingerprint(model_part, cfg.data, m.get("pretrain"), cfg.data.get("instruction"))
 
 
-def shipped_base(cfg: DictConfig, shipped_dir: Path = SHIPPED_DIR) -> Path | None:
-    """The base the package ships for this config's :func:`base_key`, or None when it ships none for it."""
-    path = shipped_dir / f"pretrained-{base_key(cfg)}"
+def shipped_base(cfg: DictConfig, shipped_dir: Path | None = None) -> Path | None:
+    """The base the package ships (in ``shipped_dir``, default :data:`SHIPPED_DIR`) for this config's
+    :func:`base_key`, or None when it ships none for it."""
+    path = (shipped_dir or SHIPPED_DIR) / f"pretrained-{base_key(cfg)}"
     return path if (path / "config.json").exists() else None
 
 
@@ -96,12 +97,13 @@ def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
     return str(path)
 
 
-def ship_base(cfg: DictConfig, tracker: Tracker | None = None, shipped_dir: Path = SHIPPED_DIR) -> Path:
+def ship_base(cfg: DictConfig, tracker: Tracker | None = None, shipped_dir: Path | None = None) -> Path:
     """Pretrain the base of ``cfg`` anew (whatever is shipped or cached) and ship it: it becomes the only
     ``pretrained-<key>`` folder in ``shipped_dir``. ``make base`` runs this for the default config."""
     if not cfg.model.get("pretrain") or cfg.data.name != "synthmed":
         raise ValueError("stage.ship=true ships the tiny model's pretrained base: it needs model.pretrain and "
                          "data=synthmed")
+    shipped_dir = shipped_dir or SHIPPED_DIR
     target = shipped_dir / f"pretrained-{base_key(cfg)}"
     with atomic_dir(target) as tmp:
         _pretrain_in_child_run(cfg, tmp, tracker)
