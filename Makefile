@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: install demo test lint bench clean wordnet gpu-check
+.PHONY: install demo test lint bench clean wordnet gpu-check base
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ wordnet:
 
 demo: $(STAMP)
 	$(BIN)/python train.py
+
+# Rebuild the tiny pretrained base the repository ships (src/medgr2/assets/base/; 15-50 min on 2 cores, by load), e.g.
+# after a change of the default model/data/pretrain config; tests/test_shipped_base.py says when it is due.
+base: $(STAMP)
+	$(BIN)/python train.py stage=pretrain stage.ship=true logger=none print_config=false
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -20,11 +20,14 @@ import medgr2  # noqa: F401  (registers the config resolvers)
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from medgr2.utils.cli import check_config, clean_errors
+    from medgr2.utils.console import quiet_environment, setup_console
 
+    quiet_environment()  # before the Hugging Face libraries are imported
     # Our own errors (a bad value, a bad file) end as one line `error: <message>`, exit status 2;
     # HYDRA_FULL_ERROR=1 shows the traceback. The config is checked before anything heavy is imported.
     with clean_errors():
         check_config(cfg)
+        setup_console()
         from medgr2.pipeline import run
         from medgr2.utils.print_config import print_config
 

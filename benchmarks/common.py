@@ -1,6 +1,6 @@
 """Shared benchmark machinery: one-thread setup, the tiny VLM, SynthMed records, interleaved timing, tables, JSON.
 
-Method (DESIGN.md §6): both sides run in ONE process on the same machine, same tiny VLM, same inputs and
+Method (docs/field-facts.md, "How speed is judged"): both sides run in ONE process on the same machine, same tiny VLM, same inputs and
 settings, **interleaved** (A, B, A, B, ...) so that load from other jobs on a shared machine hits both sides
 alike; the figures are medians and the ratio of medians (ours ÷ peer). Absolute seconds are noise here.
 

@@ -5,10 +5,10 @@ H100/H200, with nothing downloaded:
 
 1. ``pytest -m gpu tests/test_gpu.py`` (bf16 SFT and GRPO, QLoRA, vLLM generation and rollouts), with a timeout;
 2. the **full-size** Qwen2.5-VL-3B architecture built from the real ``config.json`` (found beside the repository in
-   ``../shared/real-qwen25vl/Qwen2.5-VL-3B-Instruct/``) with random bf16 weights:
+   ``$MEDGR2_REAL_QWEN_DIR/Qwen2.5-VL-3B-Instruct/``) with random bf16 weights:
    SFT step throughput (tokens/s, MFU, peak memory) with and without LoRA;
 3. GRPO step time with ``expand`` vs ``vllm`` rollouts (G = 8, 256 new tokens) on the same architecture (needs the
-   tokenizer files of ``../shared/real-qwen25vl/Qwen2.5-VL-7B-Instruct/``: the 3B and 7B share the tokenizer);
+   tokenizer files of ``$MEDGR2_REAL_QWEN_DIR/Qwen2.5-VL-7B-Instruct/``: the 3B and 7B share the tokenizer);
 4. FSDP2 through the CLI (``trainer=fsdp``) on every GPU present (skipped with one).
 
 It writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` (default ``$OUT`` when set, else
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "real-qwen25vl"
+REAL = Path(os.environ.get("MEDGR2_REAL_QWEN_DIR") or ROOT.parent / "shared" / "real-qwen25vl")
 REAL_3B = REAL / "Qwen2.5-VL-3B-Instruct"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "preprocessor_config.json",
                    "chat_template.json")

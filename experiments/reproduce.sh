@@ -49,5 +49,6 @@ if step report; then say "tables and figures from MLflow -> $OUT"
   # R_φ^0: the cached reward model of generation 0 (later generations are the loop's adaptations)
   RM0=$($PY -c "import glob, json; print(next(d for d in sorted(glob.glob('.cache/medgr2/reward/rm-*'))
     if json.load(open(d + '/reward_head.json'))['lineage']['generation'] == 0))")
-  $PY -m medgr2.report.reward_figure --model "$RM0" --out "$OUT"
+  $PY -m medgr2.pipeline.reward_scores --model "$RM0" --out "$OUT"
+  $PY -m medgr2.report.reward_figure --scores "$OUT/reward_scores.csv"
 fi

@@ -13,13 +13,18 @@ the real weight key names (``model.layers.N...``, ``visual.blocks.N...``). What 
 
 from __future__ import annotations
 
+import os
+
 import json
 import shutil
 from pathlib import Path
 
 import torch
 
-REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "real-qwen25vl"
+# A folder with the real checkpoints' files minus weights (config, tokenizer, chat template, preprocessor):
+# MEDGR2_REAL_QWEN_DIR, else ``real-qwen25vl/`` in the folder that holds the repository.
+REAL_ROOT = Path(os.environ.get("MEDGR2_REAL_QWEN_DIR")
+                 or Path(__file__).resolve().parents[2] / "shared" / "real-qwen25vl")
 SKIP_REASON = (f"real Qwen2.5-VL checkpoint files not found at {REAL_ROOT} (config, tokenizer, chat template, "
                "preprocessor and generation config of Qwen/Qwen2.5-VL-3B/7B-Instruct); real-layout tests skipped")
 # Non-weight files both repos share (the 3B folder holds only its own config and generation config).

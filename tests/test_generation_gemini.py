@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from fake_gemini import PATH, ScriptedGemini, item_text
+from generation_fixtures import toy_sources
 
 from medgr2.data.schema import LETTERS, index_of
 from medgr2.generation import load_generated, plan_requests, run_generation
 from medgr2.generation.gemini import GeminiBackend, MissingAPIKeyError, retry_after_seconds
-from medgr2.generation.testing import toy_sources
 
 SECRET = "AIzaTEST-not-a-real-key-5f3c9e"
 MODEL = "gemini-2.0-flash"

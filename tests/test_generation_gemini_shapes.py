@@ -13,11 +13,12 @@ from fake_gemini import MODEL, USAGE, ScriptedGemini
 
 pytest.importorskip("google.genai")
 
+from generation_fixtures import toy_sources  # noqa: E402
+
 from medgr2.generation import load_generated, plan_requests, run_generation  # noqa: E402
 from medgr2.generation.gemini import GeminiBackend  # noqa: E402
 from medgr2.generation.rejects import modality_table, read_rows  # noqa: E402
 from medgr2.generation.run import GenerationStopped  # noqa: E402
-from medgr2.generation.testing import toy_sources  # noqa: E402
 from medgr2.pipeline.generate import cost_estimate  # noqa: E402
 
 SECRET = "AIzaTEST-shapes-key-0b9a71"

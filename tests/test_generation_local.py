@@ -7,9 +7,9 @@ import importlib.util
 import json
 
 import pytest
+from generation_fixtures import toy_sources
 
 from medgr2.generation import make_backend, parse_candidate, plan_requests
-from medgr2.generation.testing import toy_sources
 
 torch = pytest.importorskip("torch")
 

@@ -7,6 +7,7 @@ import math
 from collections import Counter
 
 import pytest
+from generation_fixtures import toy_sources
 
 from medgr2.data.prompting import restyle_rationale
 from medgr2.data.schema import LETTERS, RecordError, index_of
@@ -20,7 +21,6 @@ from medgr2.generation import (
     plan_requests,
 )
 from medgr2.generation.backends import GeneratorBackend
-from medgr2.generation.testing import toy_sources
 
 SOURCES = toy_sources(40)
 BY_ID = {s["id"]: s for s in SOURCES}

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from generation_fixtures import toy_sources
 
 from medgr2.data.schema import FEATURES
 from medgr2.generation import (
@@ -21,7 +22,6 @@ from medgr2.generation import (
     plan_requests,
     run_generation,
 )
-from medgr2.generation.testing import toy_sources
 
 SOURCES = toy_sources(30, seed=1)
 
@@ -129,7 +129,7 @@ def test_failed_requests_are_pending_and_retried(tmp_path: Path):
 _CHILD = """
 import sys
 from medgr2.generation import SimulatedBackend, run_generation
-from medgr2.generation.testing import toy_sources
+from generation_fixtures import toy_sources
 run_generation(toy_sources(30, seed=1), SimulatedBackend(seed=6, latency_s=float(sys.argv[2])), "step_by_step",
                sys.argv[1], samples_per_source=2, shard_size=10, progress=False)
 """
@@ -137,7 +137,8 @@ run_generation(toy_sources(30, seed=1), SimulatedBackend(seed=6, latency_s=float
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path: Path):
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    here = Path(__file__).resolve().parent  # the child imports the test helpers beside this file
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)])}
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(killed), "0.04"],
         env=env,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from generation_fixtures import toy_sources
 
 from medgr2.data.schema import QUESTION_TYPES, RecordError, provenance, validate_record
 from medgr2.generation import PROMPTS, candidate_id, get_prompt, parse_candidate, response_schema
 from medgr2.generation.prompts import RESPONSE_FIELDS, to_json_schema
-from medgr2.generation.testing import toy_sources
 
 SOURCE = toy_sources(1)[0]
 GOOD = {

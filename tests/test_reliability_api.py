@@ -23,10 +23,11 @@ from fake_gemini import LoopbackServer
 
 pytest.importorskip("google.genai")
 
+from generation_fixtures import toy_sources  # noqa: E402
+
 from medgr2.generation import load_generated, plan_requests, run_generation  # noqa: E402
 from medgr2.generation._util import image_bytes  # noqa: E402
 from medgr2.generation.gemini import GeminiBackend  # noqa: E402
-from medgr2.generation.testing import toy_sources  # noqa: E402
 
 MODEL = "gemini-2.0-flash"
 SOURCES = toy_sources(6)

@@ -28,3 +28,19 @@ def test_summary_pairs_each_original_with_its_own_wrong_letter_probe():
 def test_plot_writes_a_png(tmp_path):
     out = plot(_scores(), tmp_path / "r.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_figure_command_draws_a_saved_scores_file_without_running_a_model(tmp_path, capsys):
+    from medgr2.report.reward_figure import main
+
+    _scores().to_csv(tmp_path / "reward_scores.csv", index=False)
+    main(["--scores", str(tmp_path / "reward_scores.csv")])
+    assert (tmp_path / "reward_scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Spearman" in capsys.readouterr().out
+
+
+def test_the_figure_command_names_a_missing_scores_file(tmp_path):
+    from medgr2.report.reward_figure import main
+
+    with pytest.raises(SystemExit, match="pipeline.reward_scores"):
+        main(["--scores", str(tmp_path / "nope.csv")])

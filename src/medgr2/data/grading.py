@@ -1,4 +1,4 @@
-"""The four-grade reward dataset D_grade that supervises the reward model R_φ (paper §3, DESIGN.md §2).
+"""The four-grade reward dataset D_grade that supervises the reward model R_φ (paper §3).
 
 Every source record with a reference rationale yields one row per grade; the graded text is the
 assistant response ``<think>rationale</think><answer>X</answer>`` built by
@@ -41,6 +41,7 @@ import datasets
 
 from medgr2.data.prompting import response_text
 from medgr2.data.schema import FIELDS, LETTERS, RecordError, index_of, provenance, validate_record
+from medgr2.utils.hashing import image_key
 
 if TYPE_CHECKING:
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
@@ -299,19 +300,14 @@ def _answer_text(rec: Mapping[str, Any]) -> str:
 
 
 def _image_key(image: Any) -> str | None:
-    """A content key for an image (PIL, ``{"bytes", "path"}`` dict or path), None when unknown."""
-    if image is None:
+    """:func:`~medgr2.utils.hashing.image_key`, with None for an image that cannot be told apart (absent).
+
+    A PIL image without ``tobytes`` (never seen) falls back to unknown rather than an error."""
+    try:
+        key = image_key(image)
+    except TypeError:
         return None
-    if isinstance(image, Mapping):
-        if image.get("bytes"):
-            return hashlib.sha1(image["bytes"]).hexdigest()
-        return str(image["path"]) if image.get("path") else None
-    if isinstance(image, str):
-        return image
-    tobytes = getattr(image, "tobytes", None)
-    if tobytes is None:
-        return None
-    return hashlib.sha1(f"{image.mode}{image.size}".encode() + tobytes()).hexdigest()
+    return None if key == "none" else key
 
 
 class DonorPool:

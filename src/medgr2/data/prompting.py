@@ -1,7 +1,7 @@
 """How a VQA record becomes a chat turn and a target response (one place for every stage).
 
 The user turn is the image, the question, the lettered options and an instruction; the assistant turn is
-``<think>rationale</think><answer>X</answer>`` (Med-R1 / MedVLM-R1 format, DESIGN.md §4), or just
+``<think>rationale</think><answer>X</answer>`` (Med-R1 / MedVLM-R1 format, docs/field-facts.md), or just
 ``<answer>X</answer>`` when the record has no rationale and ``think=False``.
 """
 
@@ -23,6 +23,12 @@ SHORT_INSTRUCTION = "Think in <think></think>, answer with a letter in <answer><
 NO_THINK_INSTRUCTION = "Answer with the letter in <answer></answer>."
 
 INSTRUCTIONS = {"medr1": MEDR1_INSTRUCTION, "short": SHORT_INSTRUCTION, "no_think": NO_THINK_INSTRUCTION}
+
+
+def instruction_text(key: str | None) -> str:
+    """The prompt instruction ``data.instruction`` names: a key of :data:`INSTRUCTIONS`, any other text as it
+    is, ``""`` / None for none."""
+    return INSTRUCTIONS.get(key, key) if key else ""
 
 
 def format_options(options: list[str]) -> str:

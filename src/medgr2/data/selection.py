@@ -39,6 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medgr2.utils.hashing import image_key
+
 METHODS: tuple[str, ...] = ("threshold", "topk", "randk", "all")
 #: The reward model's grade scale (hallucinated −6 … original 10): a τ outside it selects all or nothing.
 TAU_RANGE: tuple[float, float] = (-6.0, 10.0)
@@ -62,34 +64,6 @@ def normalise_question(question: str | None) -> str:
     # Unicode-aware: every character of a punctuation category goes, so "?" and "？" compare equal.
     text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     return _WS.sub(" ", text).strip()
-
-
-def image_key(image: Any) -> str:
-    """A stable identity of a record's image.
-
-    Stored images (``{"bytes", "path"}`` as Arrow keeps them, or raw bytes) are identified by the sha1 of
-    their encoded bytes, so the same picture copied into several datasets matches; images stored only as
-    a path (no bytes) by the path. A decoded PIL image is identified by its pixels — such keys only match
-    other PIL images, which is why the pipeline computes keys on the stored (undecoded) columns.
-    """
-    if image is None:
-        return "none"
-    if isinstance(image, dict):
-        data = image.get("bytes")
-        if data:
-            return "sha1:" + hashlib.sha1(data).hexdigest()
-        if image.get("path"):
-            return "path:" + str(image["path"])
-        return "none"
-    if isinstance(image, bytes | bytearray | memoryview):
-        return "sha1:" + hashlib.sha1(bytes(image)).hexdigest()
-    if isinstance(image, str | Path):
-        return "path:" + str(image)
-    if hasattr(image, "tobytes") and hasattr(image, "mode"):  # PIL.Image
-        h = hashlib.sha1(f"{image.mode}:{image.size}".encode())
-        h.update(image.tobytes())
-        return "pixels:" + h.hexdigest()
-    raise TypeError(f"unsupported image value {type(image).__name__} for a dedupe key")
 
 
 def dedupe_key(record: Any) -> str:

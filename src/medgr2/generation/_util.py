@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from typing import Any
 
 from PIL import Image
 
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    """Hex sha256 of the JSON of ``parts`` (stable across processes, unlike ``hash()``)."""
-    blob = json.dumps(list(parts), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+from medgr2.utils.hashing import stable_hash  # the one hash; re-exported for the generation modules
 
 
 def derive_seed(*parts: Any) -> int:

@@ -111,7 +111,7 @@ DEFECT_KINDS: tuple[str, ...] = tuple(DEFAULT_DEFECT_RATES)
 
 
 class SimulatedBackend:
-    """Offline stand-in for an imperfect VLM generator.
+    """Offline stand-in for an imperfect VLM generator (docs/field-facts.md, "Simulated generator").
 
     For each request it writes the JSON a perfect generator would write for the SOURCE record (which must
     be a correct record, e.g. from SynthMed): its question, options (reshuffled with a seeded RNG so the

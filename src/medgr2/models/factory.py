@@ -114,7 +114,7 @@ def _quantization_config(kind: str):
         if not torch.cuda.is_available():
             raise RuntimeError(
                 "model.quantization=4bit needs a CUDA GPU: on CPU, bitsandbytes 4-bit weights break the "
-                "grad-enabled forward that follows generate() (DESIGN.md §5). Use quantization=8bit or none."
+                "grad-enabled forward that follows generate() (docs/field-facts.md). Use quantization=8bit or none."
             )
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=torch.bfloat16)

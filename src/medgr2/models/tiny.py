@@ -52,7 +52,7 @@ register_tiny_processor = register_processor
 
 @dataclass
 class TinyVLMSpec:
-    """Sizes of the tiny model (defaults measured in DESIGN.md §3: ~0.3 M params, learns SynthMed on CPU)."""
+    """Sizes of the tiny model (defaults: ~0.35 M params, learns SynthMed on CPU; docs/field-facts.md)."""
 
     hidden_size: int = 64
     intermediate_size: int = 128

@@ -50,6 +50,7 @@ from medgr2.evaluation.reward_metrics import (
     per_grade_means,
     regression_metrics,
 )
+from medgr2.models.adapters import merged, unwrap
 from medgr2.modules import sharding
 from medgr2.modules.optim import warmup_cosine
 from medgr2.modules.reward_collate import (  # noqa: F401 - re-exported: callers import them from here
@@ -109,7 +110,7 @@ def resolved_answer(response: str, options: Sequence[str]) -> str:
     R_φ reads this line after the response (``resolve_letter``): a letter means nothing without the option
     it points at, and a judge reads both. It turns "is the letter the one the rationale argues for?" into
     comparing two words — which a small VLM learns in minutes — instead of binding shuffled letters to
-    options, which it learns slowly (DESIGN.md §3).
+    options, which it learns slowly (docs/field-facts.md, "Tiny model").
     """
     found = _ANSWER_RE.findall(response or "")
     if not found:
@@ -198,8 +199,7 @@ class RewardRegressor(VLMModule):
 
     def _backbone(self) -> nn.Module:
         """The multimodal decoder without the LM head (``Qwen2_5_VLModel``); LoRA layers sit inside it."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return base.model
+        return unwrap(self.model).model
 
     def pooled(self, batch: Mapping[str, Any]) -> Tensor:
         """Pooled last hidden states, ``(B, H)`` or ``(B, 2H)``, in float32 for the head."""
@@ -302,9 +302,7 @@ class RewardRegressor(VLMModule):
 
         from medgr2.utils.io import atomic_dir
 
-        model = self.model
-        if hasattr(model, "merge_and_unload"):
-            model = copy.deepcopy(model).merge_and_unload()
+        model = merged(self.model)
         state = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         state["target_mean"] = self.target_mean.detach().cpu().reshape(1)
         state["target_std"] = self.target_std.detach().cpu().reshape(1)

@@ -87,13 +87,10 @@ class VLMModule(L.LightningModule):
 
     def export(self, out_dir: str | Path) -> Path:
         """Save weights + processor with ``save_pretrained`` (LoRA merged) for later stages to load."""
+        from medgr2.models.adapters import merged
         from medgr2.utils.io import atomic_dir
 
-        model = self.model
-        if hasattr(model, "merge_and_unload"):
-            import copy
-
-            model = copy.deepcopy(model).merge_and_unload()
+        model = merged(self.model)
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)

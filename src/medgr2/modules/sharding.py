@@ -48,6 +48,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from medgr2.models.adapters import unwrap
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {None: None, "none": None, "null": None, "fp32": None, "float32": None, "32": None,
@@ -127,7 +129,7 @@ def is_sharded(module: nn.Module | None) -> bool:
 
 
 def _hf(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return unwrap(model)
 
 
 def _shares_params_outside(sub: nn.Module, root: nn.Module) -> bool:

@@ -19,23 +19,14 @@ def _stages() -> dict[str, Callable[[DictConfig, Tracker], dict[str, float]]]:
     from medgr2.pipeline.grpo import run_grpo
     from medgr2.pipeline.inspect_data import run_inspect
     from medgr2.pipeline.loop import run_loop
-    from medgr2.pipeline.pretrain import base_weights
+    from medgr2.pipeline.pretrain import run_pretrain_stage
     from medgr2.pipeline.reward import run_grade, run_reward, run_score
     from medgr2.pipeline.select import run_select
     from medgr2.pipeline.sft import run_sft
 
-    def run_pretrain_stage(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-        path = base_weights(cfg, tracker)
-        print(f"pretrained base: {path}")
-        return {}
-
     return {"pretrain": run_pretrain_stage, "sft": run_sft, "evaluate": run_evaluate, "inspect": run_inspect,
             "grade": run_grade, "reward": run_reward, "score": run_score, "grpo": run_grpo,
             "generate": run_generate, "select": run_select, "distill": run_distill, "loop": run_loop}
-
-
-STAGE_NAMES = ("pretrain", "sft", "evaluate", "inspect", "grade", "reward", "score", "grpo", "generate", "select",
-               "distill", "loop")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -15,6 +13,8 @@ import datasets
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+
+from medgr2.utils.hashing import SPACED, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,16 @@ def with_stage(cfg: DictConfig, stage: Any, output_dir: str | Path | None = None
 
 
 def fingerprint(*parts: Any) -> str:
-    """Stable short hash of JSON-able parts (cache keys for the pretrained base, candidate pools…)."""
-    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    """Stable short hash of JSON-able parts or config nodes (cache keys for the pretrained base, candidate
+    pools…): :func:`~medgr2.utils.hashing.stable_hash` with the separators these keys were always made with."""
+    return stable_hash(*[to_dict(p) for p in parts], length=12, separators=SPACED)
+
+
+def instruction(cfg: DictConfig) -> str:
+    """The prompt instruction of this config (``data.instruction``), resolved once for every stage."""
+    from medgr2.data.prompting import instruction_text
+
+    return instruction_text(cfg.data.get("instruction", "short"))
 
 
 def product_seed(cfg: DictConfig, name: str) -> int:
@@ -121,7 +128,9 @@ def load_split(cfg: DictConfig, split: str, limit: int | None = None) -> dataset
         return load_synthmed(scfg, split, cache_dir(cfg) / "data", n=n)
     if dcfg.name == "omnimedvqa":
         res = load_omnimedvqa_from_config(cfg, split)
-        ds = _records_dataset(res.records)
+        from medgr2.data.schema import to_dataset
+
+        ds = to_dataset(res.records)
         return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
     raise ValueError(f"unknown data.name {dcfg.name!r} (synthmed, omnimedvqa)")
 
@@ -155,16 +164,14 @@ def load_omnimedvqa_from_config(cfg: DictConfig, split: str | None):
     return res
 
 
-def _records_dataset(records: list[dict]) -> datasets.Dataset:
-    from medgr2.data.schema import to_dataset
-
-    return to_dataset(records)
-
-
 def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | None, val_every: int | None = None,
-                  extra_callbacks: list | None = None) -> L.Trainer:
-    """A Lightning Trainer from ``cfg.trainer`` with our callbacks and the tracker's logger."""
+                  extra_callbacks: list | None = None, label: str | None = None) -> L.Trainer:
+    """A Lightning Trainer from ``cfg.trainer`` with our callbacks, the tracker's logger and, when
+    ``trainer.enable_progress_bar``, one :class:`~medgr2.utils.console.StepProgress` bar labelled ``label``
+    (default: the stage's name)."""
     from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from medgr2.utils.console import StepProgress
 
     logger = tracker.lightning_logger()
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -178,6 +185,8 @@ def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | 
                                          every_n_train_steps=max(1, int(cfg.trainer.get("ckpt_every", 100)) or 1),
                                          save_top_k=1, monitor=None, auto_insert_metric_name=False))
     callbacks.extend(extra_callbacks or [])
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgress(label or str(cfg.stage.name)))
     tcfg = {k: v for k, v in to_dict(cfg.trainer).items() if k not in ("ckpt_every", "name")}
     strategy = tcfg.pop("strategy", "auto")
     if isinstance(strategy, dict):

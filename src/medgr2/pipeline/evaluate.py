@@ -21,13 +21,13 @@ log = logging.getLogger(__name__)
 
 def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Path) -> dict[str, float]:
     """Evaluate on ``evaluate.split``; log metrics and the predictions file to the tracker."""
-    from medgr2.pipeline.pretrain import _instruction
+    from medgr2.pipeline.common import instruction
 
     e = cfg.evaluate
     protocol = check_protocol(str(e.get("protocol") or DEFAULT_PROTOCOL))
     rows = load_split(cfg, e.split, limit=e.get("limit"))
     tracker.log_params(as_params(decoding_settings(int(e.max_new_tokens)), "decoding/evaluate"))
-    preds = predict(model, processor, rows, instruction=_instruction(cfg), batch_size=int(e.batch_size),
+    preds = predict(model, processor, rows, instruction=instruction(cfg), batch_size=int(e.batch_size),
                     max_new_tokens=int(e.max_new_tokens), protocol=protocol)
     metrics = summarize([p["pred"] for p in preds], [p["gold"] for p in preds], [p["n_options"] for p in preds],
                         [p["modality"] for p in preds], [p["question_type"] for p in preds],

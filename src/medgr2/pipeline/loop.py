@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,7 @@ class Loop:
         else:
             short = name.split("/", 1)[1]
             child = itr.child(short, tags)
+            start = time.monotonic()
             try:
                 metrics, outputs = fn(child)
             except BaseException:
@@ -254,6 +256,7 @@ class Loop:
             child.finish("FINISHED")
             metrics = {k: float(v) for k, v in metrics.items()}
             self.state.record(name, outputs, metrics)
+            log.info("loop: %s done in %s", name, duration(time.monotonic() - start))
         short = name.split("/", 1)[1]
         itr.log_metrics({f"{short}/{k}": v for k, v in metrics.items()})
         return dict(metrics), dict(outputs)
@@ -382,10 +385,9 @@ class Loop:
 
             if bool(s.distill):
                 def distill(tr: Tracker):
-                    from medgr2.pipeline.generate import DISTILL_DEFAULTS, distill_generator
+                    from medgr2.pipeline.generate import distill_generator
 
-                    node = {"name": "distill", **DISTILL_DEFAULTS, **to_dict(s.get("distill_settings") or {}),
-                            "out_dir": str(it_dir / "generator")}
+                    node = {**to_dict(s.distill_settings), "out_dir": str(it_dir / "generator")}
                     sub = sub_config(cfg, node, it_dir / "distill")
                     out = distill_generator(sub, tr, datasets.load_from_disk(d_gen[-1]))
                     return {}, {"generator": str(out)}
@@ -410,8 +412,8 @@ class Loop:
         from medgr2.data.grading import GRADED_FEATURES
         from medgr2.evaluation.evaluate import predict
         from medgr2.models.factory import load_vlm
+        from medgr2.pipeline.common import instruction
         from medgr2.pipeline.generate import generation_sources
-        from medgr2.pipeline.pretrain import _instruction
         from medgr2.pipeline.reward import build_grade_dataset, train_reward
 
         cfg, s, a = self.cfg, self.s, self.s.adapt
@@ -420,7 +422,7 @@ class Loop:
         sources = generation_sources(gen_sub).cast_column("image", datasets.Image())
         prompts = sources.shuffle(seed=int(cfg.seed) + t).select(range(min(int(a.samples), len(sources))))
         model, processor = load_vlm(to_dict(cfg.model), weights=policy, lora=False)
-        preds = predict(model, processor, prompts, instruction=_instruction(cfg),
+        preds = predict(model, processor, prompts, instruction=instruction(cfg),
                         batch_size=int(cfg.evaluate.batch_size), max_new_tokens=int(cfg.evaluate.max_new_tokens),
                         progress=False)
         del model
@@ -475,16 +477,29 @@ class Loop:
             final, predictions = res["final"], res["predictions"]
             rows.append(res["summary"])
             self.tracker.log_metrics({f"loop/{k}": v for k, v in res["summary"].items()}, step=t)
+            # The table so far after every iteration: the first result is on screen after iteration 0.
+            print(results_table(rows, _baselines(final)), flush=True)
         metrics = dict(final)
         metrics.update({k: v for k, v in rows[-1].items() if k.startswith("sft/test/")})
         self.tracker.log_metrics(metrics)
         if predictions and Path(predictions).exists():
             self.tracker.log_artifact(predictions)
         self.tracker.set_tags({"policy_dir": str(policy), "reward_model": str(rm_path)})
-        baselines = {k.split("/")[1]: v for k, v in final.items() if k in ("test/chance", "test/majority")}
-        print(results_table(rows, baselines))
         print(f"final policy: {policy}\nR_φ: {rm_path}")
         return metrics
+
+
+def _baselines(final: Mapping[str, float]) -> dict[str, float]:
+    return {k.split("/")[1]: v for k, v in final.items() if k in ("test/chance", "test/majority")}
+
+
+def duration(seconds: float) -> str:
+    """``42.0s``, ``3m05s``, ``1h02m``: a step's time on the console."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def policy_label(cfg: DictConfig, sel: Mapping[str, Any]) -> str:
@@ -503,7 +518,7 @@ def policy_label(cfg: DictConfig, sel: Mapping[str, Any]) -> str:
 
 
 def _public_config(cfg: DictConfig) -> dict[str, Any]:
-    from medgr2.pipeline.tracking import redact
+    from medgr2.utils.redact import redact
 
     return redact({str(k): to_dict(cfg[k]) for k in cfg if k != "paths"})
 

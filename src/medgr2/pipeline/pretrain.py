@@ -4,13 +4,21 @@ Real VLMs bring seeing and option-reading from pretraining; the tiny one gets a 
 images, and the conclusion of a VQA response given its findings (with verify rationales: the stated answer,
 the per-option checks and the letter), mixed throughout, on SynthMed's ``pretrain`` split — disjoint from every
 benchmark split. The result is cached by
-a hash of the model, data and pretraining config and reused by every later stage and sweep job.
+a hash of the model, data and pretraining config (:func:`base_key`) and reused by every later stage and sweep
+job.
+
+The repository ships the base of the default config (``medgr2/assets/base/pretrained-<key>``, ~1.4 MB):
+pretraining it takes most of a first ``make demo`` on 2 cores (~15 of its ~20 minutes), so a config whose key
+matches uses the shipped folder and pretrains nothing; any other config pretrains into the cache as before.
+``tests/test_shipped_base.py`` fails when the default config's key moves away from the shipped folder, and
+``make base`` (``python train.py stage=pretrain stage.ship=true``) pretrains it anew and ships it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,7 @@ from medgr2.pipeline.common import (
     build_trainer,
     cache_dir,
     fingerprint,
+    instruction,
     isolated_seed,
     load_split,
     product_seed,
@@ -34,10 +43,13 @@ from medgr2.pipeline.common import (
     to_dict,
 )
 from medgr2.pipeline.tracking import Tracker
+from medgr2.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
 DESCRIBE_PROMPT = "Describe the image."
+#: The pretrained bases the package ships (package data): ``pretrained-<base_key>`` folders.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "base"
 
 
 def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, Any]:
@@ -45,7 +57,7 @@ def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, An
 
     Both skills are slow for a random-init tiny VLM on 2 cores (measured: after 800 steps at batch 32 with
     one item in three describing, SFT from the base still misread colours and letters), so they are mixed
-    half and half throughout rather than phased (a phase switch broke learning, DESIGN.md §3)."""
+    half and half throughout rather than phased (a phase switch broke learning: docs/field-facts.md, "Tiny model")."""
     truth = json.loads(rec["provenance"])["truth"]
     if truth["index"] % 2 == 0:
         return {"image": rec["image"], "prompt": DESCRIBE_PROMPT, "prefix": "",
@@ -60,43 +72,87 @@ def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, An
 
 
 def base_key(cfg: DictConfig) -> str:
+    """Identity of the pretrained base: the tiny model's sizes, the data config and ``model.pretrain``."""
     m = to_dict(cfg.model)
     model_part = {k: m.get(k) for k in ("tiny", "image_size", "dtype")}
     return fingerprint(model_part, cfg.data, m.get("pretrain"), cfg.data.get("instruction"), *seed_part(cfg, "base"))
 
 
+def shipped_base(cfg: DictConfig, shipped_dir: Path | None = None) -> Path | None:
+    """The base the package ships (in ``shipped_dir``, default :data:`SHIPPED_DIR`) for this config's
+    :func:`base_key`, or None when it ships none for it."""
+    path = (shipped_dir or SHIPPED_DIR) / f"pretrained-{base_key(cfg)}"
+    return path if (path / "config.json").exists() else None
+
+
 def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
-    """Path of the pretrained base for this config (built and cached on first use), or None when the
-    model is a real checkpoint (``model.pretrain`` unset) or the data is not SynthMed."""
+    """Path of the pretrained base for this config, or None when the model is a real checkpoint
+    (``model.pretrain`` unset) or the data is not SynthMed.
+
+    The shipped base when its key matches (every machine then starts from the same weights), else the cached
+    one, pretrained on first use."""
     pcfg = cfg.model.get("pretrain")
     if not pcfg or not pcfg.get("enabled", True) or cfg.data.name != "synthmed":
         return None
+    shipped = shipped_base(cfg)
+    if shipped is not None:
+        log.info("using the shipped pretrained base %s", shipped)
+        return str(shipped)
     path = cache_dir(cfg) / "base" / f"pretrained-{base_key(cfg)}"
     if (path / "config.json").exists():
         log.info("reusing the cached pretrained base %s", path)
         return str(path)
     log.info("pretraining the tiny base model once (cached at %s)", path)
+    _pretrain_in_child_run(cfg, path, tracker)
+    return str(path)
+
+
+def ship_base(cfg: DictConfig, tracker: Tracker | None = None, shipped_dir: Path | None = None) -> Path:
+    """Pretrain the base of ``cfg`` anew (whatever is shipped or cached) and ship it: it becomes the only
+    ``pretrained-<key>`` folder in ``shipped_dir``. ``make base`` runs this for the default config."""
+    if not cfg.model.get("pretrain") or cfg.data.name != "synthmed":
+        raise ValueError("stage.ship=true ships the tiny model's pretrained base: it needs model.pretrain and "
+                         "data=synthmed")
+    shipped_dir = shipped_dir or SHIPPED_DIR
+    target = shipped_dir / f"pretrained-{base_key(cfg)}"
+    with atomic_dir(target) as tmp:
+        _pretrain_in_child_run(cfg, tmp, tracker)
+    for old in shipped_dir.glob("pretrained-*"):
+        if old != target:
+            shutil.rmtree(old)
+            log.info("removed the previously shipped base %s", old)
+    return target
+
+
+def run_pretrain_stage(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """``stage=pretrain``: build (or find) the base and print where it is; ``stage.ship=true`` rebuilds the
+    shipped one."""
+    path = ship_base(cfg, tracker) if cfg.stage.get("ship") else base_weights(cfg, tracker)
+    print(f"pretrained base: {path}")
+    return {}
+
+
+def _pretrain_in_child_run(cfg: DictConfig, out: Path, tracker: Tracker | None) -> None:
     child = (tracker or Tracker()).child("pretrain")
     try:
         with isolated_seed(product_seed(cfg, "base")):  # seeds.base, not the run's seed: sweeps share the base
-            run_pretrain(cfg, path, child)
+            run_pretrain(cfg, out, child)
     except BaseException:
         child.finish("FAILED")
         raise
     child.finish("FINISHED")
-    return str(path)
 
 
 def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
     """Train the tiny VLM on descriptions + conclusions from given findings and export it to ``out``."""
     p = cfg.model.pretrain
     rows = load_split(cfg, "pretrain", limit=int(p.n_items))
-    instruction = _instruction(cfg)
+    instr = instruction(cfg)
     module = SFTPolicy(model=to_dict(cfg.model), weights=None, lr=float(p.lr), warmup_steps=int(p.warmup_steps),
                        total_steps=int(p.steps), lora=False)
-    loader = DataLoader(ItemDataset(rows, lambda r: pretrain_item(r, instruction)), batch_size=int(p.batch_size),
+    loader = DataLoader(ItemDataset(rows, lambda r: pretrain_item(r, instr)), batch_size=int(p.batch_size),
                         shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
-    trainer = build_trainer(cfg, tracker, max_steps=int(p.steps), ckpt_dir=None)
+    trainer = build_trainer(cfg, tracker, max_steps=int(p.steps), ckpt_dir=None, label="pretrain")
     trainer.fit(module, loader)
     if trainer.is_global_zero:
         module.export(out)
@@ -104,8 +160,5 @@ def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
     return out
 
 
-def _instruction(cfg: DictConfig) -> str:
-    from medgr2.data.prompting import INSTRUCTIONS
-
-    key = cfg.data.get("instruction", "short")
-    return INSTRUCTIONS.get(key, key) if key else ""
+#: Kept for pipeline/grpo.py, which imports it from here; new code uses ``pipeline.common.instruction``.
+_instruction = instruction

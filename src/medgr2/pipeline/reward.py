@@ -36,6 +36,7 @@ from medgr2.data.schema import LETTERS, to_dataset
 from medgr2.pipeline.common import (
     cache_dir,
     fingerprint,
+    instruction,
     isolated_seed,
     load_split,
     output_dir,
@@ -243,12 +244,6 @@ def reward_model_path(cfg: DictConfig, r: DictConfig | None = None) -> Path:
     return cache_dir(cfg) / "reward" / f"rm-{reward_key(cfg, r)}"
 
 
-def _instruction(cfg: DictConfig) -> str:
-    from medgr2.pipeline.pretrain import _instruction as instr
-
-    return instr(cfg)
-
-
 def _training_item(row: Mapping[str, Any], instruction: str, resolve_letter: bool) -> dict[str, Any]:
     from medgr2.modules.reward import reward_item
 
@@ -296,7 +291,7 @@ def _init_module(cfg: DictConfig, r: DictConfig, tracker: Tracker, train_targets
                              total_steps=int(r.max_steps), lora=r.get("lora"), head_hidden=int(head_hidden),
                              target_mean=float(mean), target_std=float(std),
                              head_lr=float(r.head_lr) if r.get("head_lr") else None,
-                             hi=float(r.grading.synonym), lo=float(r.grading.deletion), instruction=_instruction(cfg),
+                             hi=float(r.grading.synonym), lo=float(r.grading.deletion), instruction=instruction(cfg),
                              pooling=pooling, resolve_letter=resolve)
     if init and Path(init).is_dir():
         module.load_head(init)
@@ -340,11 +335,11 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
     lineage = _parent_lineage(str(r.init)) if r.get("init") else {"parent": None, "generation": 0}
     lineage.update(run_id=tracker.run_id, train_data=str(data_path))
     tracker.set_tags({f"rm.{k}": str(v) for k, v in lineage.items() if v is not None})
-    instruction, resolve = module.instruction, module.resolve_letter
+    instr, resolve = module.instruction, module.resolve_letter
     collate = RewardCollator(module.processor)
 
     def to_item(row: Mapping[str, Any]) -> dict[str, Any]:
-        return _training_item(row, instruction, resolve)
+        return _training_item(row, instr, resolve)
 
     bs = int(r.batch_size)
     train_dl = DataLoader(ItemDataset(train_rows, to_item), batch_size=bs, shuffle=True, collate_fn=collate,

@@ -50,8 +50,7 @@ def selection_settings(cfg: DictConfig) -> dict[str, Any]:
 def default_pool(cfg: DictConfig) -> Path:
     """Where ``stage=score`` with the settings under ``stage.score`` writes by default.
 
-    Mirrors ``run_score`` in :mod:`medgr2.pipeline.reward` (``<cache>/scored/scored-<input+model key>``);
-    if that module grows a public ``default_score_output(cfg)`` it is used instead.
+    Mirrors ``run_score`` in :mod:`medgr2.pipeline.reward` (``<cache>/scored/scored-<input+model key>``).
     """
     from medgr2.pipeline import reward
 
@@ -59,9 +58,6 @@ def default_pool(cfg: DictConfig) -> Path:
     if node is None:
         raise SelectionError(f"stage.pool is not set and this stage has no `score` settings: {SCORE_HINT}")
     scfg = with_stage(cfg, node)
-    helper = getattr(reward, "default_score_output", None)
-    if callable(helper):
-        return Path(helper(scfg))
     s = scfg.stage
     model_path = Path(s.model) if s.get("model") else reward.reward_model_path(scfg)
     if not model_path.exists():

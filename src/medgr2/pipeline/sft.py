@@ -12,8 +12,9 @@ from medgr2.data.collate import ChatCollator, vqa_item
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
 from medgr2.pipeline.common import build_trainer, load_split, output_dir, stage_rows, to_dict
+from medgr2.pipeline.common import instruction as config_instruction
 from medgr2.pipeline.evaluate import evaluate_model
-from medgr2.pipeline.pretrain import _instruction, base_weights
+from medgr2.pipeline.pretrain import base_weights
 from medgr2.pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path
     """SFT with ``cfg.stage``; returns the metrics (test metrics when ``stage.evaluate``) and the policy folder."""
     s = cfg.stage
     weights = s.get("init") or base_weights(cfg, tracker)
-    instruction = _instruction(cfg)
+    instruction = config_instruction(cfg)
     think = bool(s.get("think", True))
     rows = stage_rows(cfg, "training rows")
     val = load_split(cfg, "val", limit=s.get("val_size"))

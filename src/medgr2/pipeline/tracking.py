@@ -8,35 +8,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+# The redaction lives in utils (print_config uses it too); re-exported here for existing imports.
+from medgr2.utils.redact import REDACTED, SECRET_PATTERN, redact, resolved_config  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-# Whole key names or their last "_" part: "hf_token" and "api_key" are secrets, "max_new_tokens" is not.
-SECRET_PATTERN = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
-REDACTED = "***"
-
-
-def redact(obj: Any) -> Any:
-    """A copy of a nested dict/list with values under secret-looking keys replaced by ``***``.
-
-    Keys naming an environment variable (``api_key_env``) keep their value: the name is not the secret.
-    """
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            secret = SECRET_PATTERN.search(str(k)) and not str(k).endswith("_env")
-            out[k] = REDACTED if secret and v not in (None, "") else redact(v)
-        return out
-    if isinstance(obj, list | tuple):
-        return [redact(v) for v in obj]
-    return obj
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -61,11 +43,6 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as a redacted plain dict (what is saved and logged)."""
-    return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
 class Tracker:

@@ -1,10 +1,10 @@
 """R_φ's held-out scores per grade as a figure: does the reward model order the four grades (and the
 wrong-letter probes) the way the paper's grading says it should?
 
-``python -m medgr2.report.reward_figure --model <R_φ export> [overrides...]`` rebuilds the held-out split of
-D_grade exactly as ``stage=reward`` made it (same source split, same probes), scores it with the export and
-writes ``reward_scores.png`` (box plot per grade, true grade marked) and ``reward_scores.csv`` (one row per item).
-Trailing arguments are Hydra overrides for the config that built the model (default: the repo's defaults).
+The report runs no model: ``python -m medgr2.pipeline.reward_scores --model <R_φ export> --out reports/``
+scores the held-out D_grade rows and saves ``reward_scores.csv``; then
+``python -m medgr2.report.reward_figure --scores reports/reward_scores.csv`` draws ``reward_scores.png`` (box
+plot per grade, true grade marked) beside it.
 """
 
 from __future__ import annotations
@@ -17,22 +17,6 @@ import pandas as pd
 
 # Box order: the paper's four grades from best to worst, then the hard negatives.
 GRADE_ORDER = ("original", "synonym", "deletion", "irrelevant", "wrong_letter")
-
-
-def held_out_scores(cfg, model: str | Path) -> pd.DataFrame:
-    """Scores of R_φ ``model`` on the held-out D_grade rows (+ wrong-letter probes) for config ``cfg``."""
-    from medgr2.data.grading import GRADES
-    from medgr2.modules.reward import RewardScorer
-    from medgr2.pipeline.reward import build_grade_dataset, split_by_source, wrong_letter_probes
-
-    r = cfg.stage
-    rows, _ = build_grade_dataset(cfg, r)
-    _, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), int(cfg.seed), r.get("max_val_sources"))
-    val = [v for v in rows.select(val_idx).to_list() if v["grade"] in GRADES]
-    items = val + wrong_letter_probes(val, int(r.grading.seed))
-    scores = RewardScorer(model, batch_size=int(r.eval_batch_size)).score(items)
-    return pd.DataFrame({"id": [i["id"] for i in items], "grade": [i["grade"] for i in items],
-                         "target": [float(i["target"]) for i in items], "score": scores})
 
 
 def summary(df: pd.DataFrame) -> tuple[float, float | None]:
@@ -78,25 +62,22 @@ def plot(df: pd.DataFrame, out: Path, title: str = "R_φ held-out scores per gra
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from hydra import compose, initialize_config_dir
-
-    import medgr2  # noqa: F401  (registers resolvers)
-    from medgr2.pipeline.reward import CONF_DIR
-
+    """The command line: a saved ``reward_scores.csv`` in, ``reward_scores.png`` beside it (or in ``--out``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="an R_φ export folder (stage=reward output)")
-    ap.add_argument("--out", default="reports", help="output folder")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the config that trained the model")
+    ap.add_argument("--scores", required=True, help="reward_scores.csv (python -m medgr2.pipeline.reward_scores)")
+    ap.add_argument("--out", default=None, help="output folder (default: the CSV's folder)")
     args = ap.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["stage=reward", "paths.output_dir=.", *args.overrides])
-    df = held_out_scores(cfg, args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "reward_scores.csv", index=False)
+    scores = Path(args.scores)
+    if not scores.is_file():
+        raise SystemExit(f"error: --scores {scores} is not a file; write it with "
+                         "python -m medgr2.pipeline.reward_scores --model <R_φ export> --out <folder>")
+    df = pd.read_csv(scores)
+    missing = {"id", "grade", "target", "score"} - set(df.columns)
+    if missing:
+        raise SystemExit(f"error: {scores} lacks the columns {sorted(missing)}")
     rho, pair = summary(df)
     title = f"R_φ held-out: Spearman {rho:.3f}" + (f", correct > wrong letter {pair:.2f}" if pair is not None else "")
-    print(plot(df, out / "reward_scores.png", title))
+    print(plot(df, Path(args.out or scores.parent) / "reward_scores.png", title))
     print(title)
 
 

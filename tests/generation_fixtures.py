@@ -1,4 +1,4 @@
-"""Tiny, deterministic source records for tests and demos of the generation package.
+"""Tiny, deterministic source records for the generation tests (test helpers live under tests/, not in the package).
 
 They have the shape of correct SynthMed/OmniMedVQA records (image, question, 2–4 options, answer letter,
 rationale, canonical modality and question type) without depending on the SynthMed generator.

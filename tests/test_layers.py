@@ -1,0 +1,92 @@
+"""The layers stay as docs/architecture.md draws them: ``train.py`` -> ``pipeline`` (stage wiring) ->
+``modules`` (LightningModules) -> ``rl`` (pure maths) / ``models`` (factory) / ``data``; ``report`` reads
+MLflow and saved artifacts and never trains; ``utils`` sits under everything.
+
+Every ``import`` in ``src/medgr2`` (also those inside functions) is read with ``ast``; a forbidden edge fails
+with the file and the line.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "medgr2"
+PACKAGES = ("data", "evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "utils")
+
+#: Which medgr2 packages each package must not import.
+FORBIDDEN: dict[str, set[str]] = {
+    # Pure maths on tensors: nothing of the project, and no Lightning (below).
+    "rl": set(PACKAGES) - {"rl"},
+    # The factory builds models from a spec; the tokenizer corpus is passed in, so it knows no data set.
+    "models": {"data", "evaluation", "generation", "modules", "pipeline", "report", "rl"},
+    # Records, prompts, selection: no model, no training.
+    "data": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl"},
+    "evaluation": {"generation", "models", "modules", "pipeline", "report"},
+    "generation": {"evaluation", "modules", "pipeline", "report", "rl"},
+    "modules": {"pipeline", "report"},
+    "pipeline": {"report"},
+    # Reads MLflow and saved artifacts (CSV, JSON): it never builds a model or runs a stage.
+    "report": {"generation", "models", "modules", "pipeline"},
+    # Under everything (utils.cli checks config values with data's validators before a stage starts).
+    "utils": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl"},
+}
+#: Third-party packages a layer must not import.
+FORBIDDEN_LIBS: dict[str, set[str]] = {
+    "rl": {"lightning", "pytorch_lightning", "transformers", "datasets", "mlflow", "hydra"},
+    "report": {"lightning", "torch", "transformers"},
+}
+#: Known violations owned by other branches of this change, to be removed once they are merged:
+#: (importing file, imported package).
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
+    ("models/factory.py", "data"),            # tokenizer corpus from data.synthmed (issue 14's branch, helper A)
+    ("modules/vllm_rollouts.py", "generation"),  # generation.local's vLLM glue (issue 18's branch, helper B)
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}:{node.lineno}: relative import; medgr2 imports absolutely")
+    return out
+
+
+def _violations() -> list[str]:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        layer = rel.split("/")[0]
+        if layer not in PACKAGES:
+            continue
+        for line, module in _imports(path):
+            parts = module.split(".")
+            if parts[0] == "medgr2" and len(parts) > 1 and parts[1] in FORBIDDEN[layer]:
+                if (rel, parts[1]) not in KNOWN_EXCEPTIONS:
+                    found.append(f"{rel}:{line} imports {module} ({layer} must not import {parts[1]})")
+            elif parts[0] in FORBIDDEN_LIBS.get(layer, set()):
+                found.append(f"{rel}:{line} imports {module} ({layer} must not import {parts[0]})")
+    return found
+
+
+def test_every_package_has_a_layer_rule():
+    packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages == set(PACKAGES) == set(FORBIDDEN), "a new package needs its place in FORBIDDEN"
+
+
+def test_no_import_crosses_the_layers():
+    assert _violations() == []
+
+
+@pytest.mark.parametrize("rel,package", sorted(KNOWN_EXCEPTIONS))
+def test_each_known_exception_still_exists(rel, package):
+    # Once the owning branch fixes it, the exception must go too (or it would hide a new violation).
+    imported = {m.split(".")[1] for _, m in _imports(SRC / rel) if m.startswith("medgr2.")}
+    assert package in imported, f"{rel} no longer imports medgr2.{package}: remove it from KNOWN_EXCEPTIONS"
