@@ -13,9 +13,8 @@ the real weight key names (``model.layers.N...``, ``visual.blocks.N...``). What 
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import shutil
 from pathlib import Path
 

@@ -24,7 +24,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "models": {"data", "evaluation", "generation", "modules", "pipeline", "report", "rl"},
     # Records, prompts, selection: no model, no training.
     "data": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl"},
-    "evaluation": {"generation", "models", "modules", "pipeline", "report"},
+    # Evaluation runs a model's generate(): it may use the factory's decoding settings, nothing that trains.
+    "evaluation": {"generation", "modules", "pipeline", "report"},
     "generation": {"evaluation", "modules", "pipeline", "report", "rl"},
     "modules": {"pipeline", "report"},
     "pipeline": {"report"},
