@@ -59,8 +59,8 @@ def test_min_pixels_above_max_pixels_is_refused(processor):
 
 
 def test_sequence_stats_count_image_tokens_per_size_and_the_longest_row(processor):
-    from medgr2.pipeline.seq_stats import sequence_stats
     from medgr2.data.synthmed import SynthMedConfig, make_item
+    from medgr2.pipeline.seq_stats import sequence_stats
 
     set_resolution(processor, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     recs = [make_item(SynthMedConfig(), "train", i) for i in range(3)]

@@ -106,3 +106,12 @@ def test_evaluate_logs_its_protocol_and_the_report_rescores_saved_predictions(ma
 
     t1 = pd.read_csv(tmp_path / "r2" / "table1.csv")
     assert float(t1[t1["policy"] != "chance"]["Overall"].iloc[0]) == pytest.approx(want)
+
+
+def test_a_misspelt_protocol_stops_the_run_before_any_training(make_cfg, tmp_path) -> None:
+    from medgr2.pipeline import run
+
+    cfg = make_cfg("stage=sft", "evaluate.protocol=medr2", "logger=none")
+    with pytest.raises(ValueError, match="unknown evaluation protocol 'medr2'"):
+        run(cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.ckpt"))

@@ -35,6 +35,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     name = cfg.stage.name
     if name not in stages:
         raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(sorted(stages))}")
+    if cfg.get("evaluate") is not None and cfg.evaluate.get("protocol") is not None:
+        from medgr2.evaluation.protocols import check_protocol
+
+        # Before any training: a misspelt protocol would otherwise fail only at the evaluation after SFT.
+        check_protocol(str(cfg.evaluate.protocol))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("cpu_threads"):
         # On a shared CPU box, torch's default (one thread per core in every process) oversubscribes the

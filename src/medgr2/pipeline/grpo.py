@@ -98,7 +98,8 @@ def train_grpo(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Pat
     trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
                             extra_callbacks=[resume_state])
     log.info("GRPO on %d prompts x %d rollouts for %d steps from %s (reward model: %s)", len(rows),
-             s.num_generations, s.max_steps, weights or "scratch", s.get("reward_model") or "none")
+             s.num_generations, s.max_steps, weights or cfg.model.get("path") or "the initial weights",
+             s.get("reward_model") or "none")
     with warnings.catch_warnings():
         # Lightning warns that checkpoints hold the post-step state under manual optimization: that is intended.
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")

@@ -21,10 +21,10 @@ def _sequence_report(cfg: DictConfig, records) -> dict | None:
     model's processor cannot be loaded, e.g. a hub id on an offline machine)."""
     from transformers import AutoConfig
 
-    from medgr2.pipeline.seq_stats import format_sequence_stats, sequence_stats
     from medgr2.models.factory import ModelSpec, resolve_model_path
     from medgr2.models.processor import load_processor
     from medgr2.pipeline.pretrain import _instruction
+    from medgr2.pipeline.seq_stats import format_sequence_stats, sequence_stats
 
     spec = ModelSpec.from_config(cfg.model)
     try:
