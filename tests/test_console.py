@@ -67,6 +67,9 @@ def test_a_stage_sent_to_a_pipe_prints_each_line_once_and_keeps_the_rest_in_the_
            "model.pretrain.steps=3", f"paths.root={tmp_path}", f"paths.cache_dir={shared_cache}",
            f"hydra.run.dir={tmp_path / 'job'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A user's shell, not the suite's: importing benchmarks/common.py (collected with the GPU-check test) sets
+    # TQDM_DISABLE=1 in this process, which would hide the very bar this test reads.
+    env.pop("TQDM_DISABLE", None)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     console = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
