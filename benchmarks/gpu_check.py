@@ -34,7 +34,9 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = Path(os.environ.get("MEDGR2_REAL_QWEN_DIR") or ROOT.parent / "shared" / "real-qwen25vl")
+# The real checkpoints' files without weights (config, tokenizer, chat template), e.g. hub snapshots of
+# Qwen2.5-VL-3B/7B-Instruct minus *.safetensors: nothing is downloaded; unset, the full-size checks are skipped.
+REAL = Path(os.environ.get("MEDGR2_REAL_QWEN_DIR") or "MEDGR2_REAL_QWEN_DIR-is-unset")
 REAL_3B = REAL / "Qwen2.5-VL-3B-Instruct"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "preprocessor_config.json",
                    "chat_template.json")

@@ -41,8 +41,11 @@ def test_without_the_real_config_the_full_size_checks_are_skipped_with_the_reaso
 
 def test_the_full_size_sft_measurement_runs_on_the_real_config_shrunk(monkeypatch):
     """The non-dry path reads the real config (transformers 4.41's flat layout); here it is shrunk to run on CPU."""
+    from real_layout import REAL_ROOT  # the test suite's copy of the real files (skipped where absent)
+
+    monkeypatch.setattr(gpu_check, "REAL_3B", REAL_ROOT / "Qwen2.5-VL-3B-Instruct")
     if not (gpu_check.REAL_3B / "config.json").exists():
-        pytest.skip(f"the real Qwen2.5-VL-3B config is not at {gpu_check.REAL_3B} (a folder beside the repository)")
+        pytest.skip(f"the real Qwen2.5-VL-3B config is not at {gpu_check.REAL_3B} (set MEDGR2_REAL_QWEN_DIR)")
     config = gpu_check.full_size_config()
     assert config.text_config.num_hidden_layers == 36 and config.vision_config.depth == 32  # really the 3B
     text, vision = config.text_config, config.vision_config
