@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """The four-grade reward dataset D_grade that supervises the reward model R_φ (paper §3).
 
 Every source record with a reference rationale yields one row per grade; the graded text is the

@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """Streaming selection of scored candidates (paper Algorithm 1, lines 5–9): threshold τ, TopK, RandK, all.
 
 The candidate pool can be large (the issue's target is 200,000 scored candidates and more), so selection

@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """The reward model R_φ (paper §3): a VLM backbone + a regression head, trained with MSE (Eq. 1).
 
 Input: a chat item whose user turn is the VQA question (image + question + lettered options) and whose

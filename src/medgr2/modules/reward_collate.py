@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """Collating reward-model items: :class:`RewardCollator` for training, :class:`ScoringCollator` for scoring.
 
 Scoring (``stage=score``, GRPO's R_φ term) spends much of its time turning items into tensors; the scoring

@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """``stage=loop``: MedGR2's closed loop (paper Algorithm 1), the default of ``python train.py``.
 
 For ``t`` in ``range(stage.iterations)``: generate candidates from new source images (G_θ) → score them with

@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """Reward-model stages (paper §3, "Reward Model R_φ"): ``stage=grade``, ``stage=reward``, ``stage=score``.
 
 * ``grade``: D_grade — four graded responses per reference record (:func:`medgr2.data.grading.build_graded`),

@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """Write the MedGR2 report from MLflow: Tables 1-2 and Figures 2, 4, 5 of the paper, plus ``report.md``.
 
 Reads finished top-level runs of one MLflow experiment and never trains. For each table it writes

@@ -1,3 +1,4 @@
+# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """Read finished runs back from MLflow and compute the paper's tables and figure data.
 
 The report reads MLflow and never trains. Everything below :func:`load_runs` / :func:`read_predictions` is a
