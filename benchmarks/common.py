@@ -11,17 +11,33 @@ Every benchmark pins torch to one thread (``OMP_NUM_THREADS=1`` and ``torch.set_
 from __future__ import annotations
 
 import os
+import sys
+
+
+def _benchmark_process() -> bool:
+    """True when this process was started as a benchmark (``python -m benchmarks.x`` or ``benchmarks/x.py``).
+
+    The environment below is right for a benchmark process but must not leak into another process that merely
+    imports this module (the test suite imports ``benchmarks.gpu_check``; a ``TQDM_DISABLE=1`` set here once hid
+    the progress bar a console test reads).
+    """
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", "") or ""
+    path = getattr(main, "__file__", "") or ""
+    return name.startswith("benchmarks.") or (bool(path) and os.path.dirname(os.path.abspath(path)) == os.path.dirname(__file__))
+
 
 # Before torch is imported anywhere: one OpenMP/MKL thread per process (and per Python thread: OpenMP's
 # thread count is per thread, and the interleaver runs loops in threads).
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+if _benchmark_process():
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_var] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import datetime as _dt  # noqa: E402
 import functools  # noqa: E402
@@ -30,7 +46,6 @@ import logging  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
