@@ -74,10 +74,19 @@ def select(
     batch_size: int = DEFAULT_BATCH_SIZE,
     stratify: str | Sequence[str] | None = None,
 ) -> SelectionResult:
-    """Select from ``pool`` with ``method``; see :func:`select_ids` for the arguments. ``stratify``: a column
-    (e.g. ``question_type``), or several (``[question_type, answer_text]``: their value combinations), over
-    whose values TopK / RandK split ``k`` evenly
-    (:func:`~medgr2.data.selection_algorithms.stratum_quotas`)."""
+    """Select from a scored candidate pool, streaming in ``batch_size`` rows.
+
+    ``method``: ``topk`` (the ``k`` highest scores, ties by smaller id), ``randk`` (``k`` uniformly at
+    random, deterministic per ``seed``), ``threshold`` (every candidate with score > ``tau``, strictly —
+    Algorithm 1 line 5), ``all``. ``allow_overlap=False`` removes candidates whose
+    :func:`~medgr2.data.dedupe.dedupe_key` is in ``exclude_keys`` (D_gen's keys, see
+    :func:`~medgr2.data.dedupe.pool_dedupe_keys`) and duplicates within the pool (the
+    higher score stays). ``k`` larger than the pool, or than what is left after dedupe, raises
+    :class:`SelectionError` unless ``allow_fewer``. Null/NaN scores are never selected by topk/threshold.
+    ``stratify``: a column (e.g. ``question_type``), or several (``[question_type, answer_text]``: their value
+    combinations), over whose values TopK / RandK split ``k`` evenly
+    (:func:`~medgr2.data.selection_algorithms.stratum_quotas`).
+    """
     if method not in METHODS:
         raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
     p = open_pool(pool)
@@ -122,32 +131,9 @@ def select(
     return result
 
 
-def select_ids(
-    pool: Any,
-    method: str,
-    k: int | None = None,
-    tau: float | None = None,
-    seed: int = 0,
-    exclude_keys: set[str] | None = None,
-    *,
-    allow_overlap: bool = True,
-    allow_fewer: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[str]:
-    """The ids selected from a scored candidate pool, streaming in ``batch_size`` rows.
-
-    ``method``: ``topk`` (the ``k`` highest scores, ties by smaller id), ``randk`` (``k`` uniformly at
-    random, deterministic per ``seed``), ``threshold`` (every candidate with score > ``tau``, strictly —
-    Algorithm 1 line 5), ``all``. ``allow_overlap=False`` removes candidates whose
-    :func:`~medgr2.data.dedupe.dedupe_key` is in ``exclude_keys`` (D_gen's keys, see
-    :func:`~medgr2.data.dedupe.pool_dedupe_keys`) and duplicates within the pool (the
-    higher score stays). ``k`` larger than the pool, or than what is left after dedupe, raises
-    :class:`SelectionError` unless ``allow_fewer``. Null/NaN scores are never selected by topk/threshold.
-    """
-    return select(
-        pool, method, k, tau, seed, exclude_keys,
-        allow_overlap=allow_overlap, allow_fewer=allow_fewer, batch_size=batch_size,
-    ).ids
+def select_ids(pool: Any, method: str, *args: Any, **kwargs: Any) -> list[str]:
+    """The ids :func:`select` keeps (same arguments), in its output order."""
+    return select(pool, method, *args, **kwargs).ids
 
 
 __all__ = [
