@@ -11,7 +11,7 @@ import pytest
 from fake_gemini import ITEM, OneItemGemini
 from omegaconf import OmegaConf
 
-from medgr2.data.selection import SelectionError
+from medgr2.data.pools import SelectionError
 from medgr2.pipeline import run
 from medgr2.pipeline.generate import generator_item
 from medgr2.pipeline.tracking import Tracker, resolved_config

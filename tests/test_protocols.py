@@ -78,7 +78,8 @@ def test_evaluate_logs_its_protocol_and_the_report_rescores_saved_predictions(ma
 
     from medgr2.evaluation.protocols import rescore as rescore_rows
     from medgr2.pipeline import run
-    from medgr2.report.cli import build_report, main
+    from medgr2.report.build import build_report
+    from medgr2.report.cli import main
 
     cfg = make_cfg("stage=evaluate", "evaluate.protocol=medr1", "evaluate.limit=12", "experiment_name=zero_shot")
     metrics = run(cfg)

@@ -11,8 +11,8 @@ from PIL import Image
 from report_fixtures import EXPECTED_CHANCE, EXPECTED_TRANSITIONS, predictions, report_store  # noqa: F401
 
 from medgr2.report.cli import main
+from medgr2.report.figure_data import TRANSITIONS, transitions
 from medgr2.report.render import to_csv, to_latex, to_markdown
-from medgr2.report.tables import TRANSITIONS, transitions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -200,9 +200,9 @@ def test_renderers_print_percent_but_csv_keeps_exact_fractions(tmp_path):
     assert back.loc[0, "acc"] == 0.123456
 
 
-def test_the_old_tables_module_still_prints_the_question_type_table(report_store, capsys):  # noqa: F811
-    from medgr2.report.tables import main as tables_main
+def test_the_question_type_table_shows_each_runs_logged_accuracy_per_type(report_store):  # noqa: F811
+    from medgr2.report.mlflow_runs import load_runs
+    from medgr2.report.tables import qtype_table
 
-    tables_main(["--tracking-uri", report_store.uri, "--tag", "experiment=cross_task"])
-    text = capsys.readouterr().out
+    text = qtype_table(load_runs(report_store.uri, "medgr2", "experiment", ["cross_task"]))
     assert "| cross_task | 50.0 | 84.4 | – | 34.4 |" in text

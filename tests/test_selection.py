@@ -9,16 +9,11 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from medgr2.data.selection import (
-    SelectionError,
-    _priority,
-    dedupe_key,
-    normalise_question,
-    pool_dedupe_keys,
-    save_rows,
-    select,
-    select_ids,
-)
+from medgr2.data.dedupe import dedupe_key, normalise_question, pool_dedupe_keys
+from medgr2.data.pools import SelectionError
+from medgr2.data.rows import save_rows
+from medgr2.data.selection import select, select_ids
+from medgr2.data.selection_algorithms import priority, stratum_quotas
 
 # id, score, image, question. Duplicates by (image, normalised question): c06~c01 (lower score),
 # c10~c02 (lower), c12~c03 (HIGHER: c12 stays). c11 asks c01's question about another image: not a
@@ -174,7 +169,7 @@ def test_bounded_heap_matches_brute_force():
         got = select_ids(ds, "topk", k=k, exclude_keys=excl, allow_overlap=False, batch_size=7, allow_fewer=True)
         assert got == [v[0][1] for v in scored[:k]], trial
         seed = trial
-        by_prio = sorted(best.values(), key=lambda v: (_priority(seed, v[1]), v[0]))
+        by_prio = sorted(best.values(), key=lambda v: (priority(seed, v[1]), v[0]))
         got = select_ids(ds, "randk", k=k, seed=seed, exclude_keys=excl, allow_overlap=False, batch_size=7)
         assert got == [v[0][1] for v in by_prio[:k]], trial
         plain = sorted(((-(s if s is not None else float("-inf")), rid) for rid, s, _, _ in rows if s is not None))
@@ -232,8 +227,6 @@ def test_stratified_randk_is_deterministic_and_even():
 
 
 def test_stratum_quotas_water_fill_small_strata():
-    from medgr2.data.selection import stratum_quotas
-
     assert stratum_quotas({"a": 10, "b": 1, "c": 10}, 9) == {"a": 4, "b": 1, "c": 4}
     assert stratum_quotas({"a": 5, "b": 5}, 10) == {"a": 5, "b": 5}
     assert sum(stratum_quotas({"a": 3, "b": 4, "c": 100}, 50).values()) == 50

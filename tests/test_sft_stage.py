@@ -114,7 +114,8 @@ def test_a_killed_sft_run_resumes_from_its_last_checkpoint(make_cfg):
 
 
 def test_the_report_table_reads_the_logged_accuracy_back(make_cfg):
-    from medgr2.report.tables import load_runs, qtype_table
+    from medgr2.report.mlflow_runs import load_runs
+    from medgr2.report.tables import qtype_table
 
     cfg = make_cfg("stage=sft", "stage.max_steps=2", "stage.train_size=16", "stage.batch_size=8", "stage.val_every=2",
                    "stage.val_size=8", "evaluate.limit=10", "experiment_name=tbl")

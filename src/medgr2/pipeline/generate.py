@@ -142,7 +142,7 @@ def export_candidates(out_dir: Path, force: bool = False) -> Path:
     """Save the kept candidates of a generation ``out_dir`` as a ``datasets`` folder
     (``<out_dir>/export/candidates``, what ``stage=score stage.input=`` loads), streaming the shards.
     Skipped when an export of exactly the current shards exists."""
-    from medgr2.data.selection import save_rows
+    from medgr2.data.rows import save_rows
     from medgr2.generation.store import read_manifest
 
     manifest = read_manifest(out_dir)

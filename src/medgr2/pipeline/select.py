@@ -16,15 +16,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from medgr2.data.selection import (
-    SCORE_HINT,
-    SelectionError,
-    open_pool,
-    pool_dedupe_keys,
-    pool_identity,
-    save_rows,
-    select,
-)
+from medgr2.data.dedupe import pool_dedupe_keys
+from medgr2.data.pools import SCORE_HINT, SelectionError, open_pool, pool_identity
+from medgr2.data.rows import save_rows
+from medgr2.data.selection import select
 from medgr2.pipeline.common import cache_dir, fingerprint, output_dir, to_dict, with_stage
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json

@@ -78,7 +78,7 @@ class PredictionCache:
         if self.correct(run_id) is None or run_id not in self._modality:
             return None
         from medgr2.data.schema import MODALITIES
-        from medgr2.report.tables import canonical_group
+        from medgr2.report.run_rows import canonical_group
 
         return {i: canonical_group(m, MODALITIES) for i, m in self._modality[run_id].items()}
 

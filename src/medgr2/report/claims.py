@@ -18,8 +18,12 @@ import numpy as np
 import pandas as pd
 
 from medgr2.report import significance as S
-from medgr2.report import tables as T
 from medgr2.report.aggregate import PredictionCache
+from medgr2.report.cells import latest_by
+from medgr2.report.figure_data import fig2_points, transfer_matrix
+from medgr2.report.mlflow_runs import PARENT_TAG, load_runs
+from medgr2.report.run_rows import as_int, eval_records, metric, records, seed_of, sweep_of, tag
+from medgr2.report.tables import table2
 
 MARGIN = 0.01  # one point: a gain smaller than this is "no gain" (see significance.verdict)
 CLAIMS_INTRO = (f"Each row compares two arms on the same test questions, seed by seed (B − A, percentage points). "
@@ -42,7 +46,7 @@ class Arm:
 
     @property
     def seeds(self) -> list[str]:
-        return [T.seed_of(r) for r in self.runs]
+        return [seed_of(r) for r in self.runs]
 
 
 @dataclass
@@ -64,22 +68,22 @@ def resolve_arm(runs: pd.DataFrame, spec: str) -> Arm:
     """The arm ``spec`` names: a run id or a unique prefix of >= 6 characters (one run), or
     ``"recipe [key=value ...]"`` (its runs on every seed; the keys match tags or sweep keys). Raises
     ``ValueError`` naming the choices when the spec matches nothing or several sweep settings."""
-    recs = [r for r in T.eval_records(runs, "compare", []) if not math.isnan(T.metric(r, "test/acc"))]
+    recs = [r for r in eval_records(runs, "compare", []) if not math.isnan(metric(r, "test/acc"))]
     by_id = [r for r in recs if r["run_id"] == spec or (len(spec) >= 6 and r["run_id"].startswith(spec))]
     if len(by_id) == 1:
         r = by_id[0]
-        return Arm(f"{T.tag(r, 'experiment')} run {r['run_id'][:8]}", [r])
+        return Arm(f"{tag(r, 'experiment')} run {r['run_id'][:8]}", [r])
     recipe, *pairs = spec.split()
     want = dict(p.partition("=")[::2] for p in pairs)
     if any(not v for v in want.values()):
         raise ValueError(f"arm {spec!r}: write it as a run id or 'recipe key=value ...'")
-    mine = [r for r in recs if T.tag(r, "experiment") == recipe and all(_has(r, k, v) for k, v in want.items())]
+    mine = [r for r in recs if tag(r, "experiment") == recipe and all(_has(r, k, v) for k, v in want.items())]
     if not mine:
-        known = sorted({T.tag(r, "experiment") or "?" for r in recs})
+        known = sorted({tag(r, "experiment") or "?" for r in recs})
         raise ValueError(f"arm {spec!r}: no finished evaluation run of recipe {recipe!r} with {want or 'any keys'}"
                          f" (recipes with runs: {', '.join(known) or 'none'})")
     notes: list[str] = []
-    groups = T.latest_by(mine, lambda r: (T.tag(r, "data") or "?", T.sweep_of(r) or _label_tags(r)), "compare", notes)
+    groups = latest_by(mine, lambda r: (tag(r, "data") or "?", sweep_of(r) or _label_tags(r)), "compare", notes)
     if len(groups) > 1:
         opts = "; ".join(f"{recipe} {k[1]}" + (f" (data {k[0]})" if k[0] != "?" else "") for k in groups)
         raise ValueError(f"arm {spec!r} matches {len(groups)} settings: {opts}; add the keys that tell them apart")
@@ -87,21 +91,21 @@ def resolve_arm(runs: pd.DataFrame, spec: str) -> Arm:
 
 
 def _label_tags(r: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={T.tag(r, k)}" for k in ("k", "source") if T.tag(r, k) is not None)
+    return " ".join(f"{k}={tag(r, k)}" for k in ("k", "source") if tag(r, k) is not None)
 
 
 def _has(r: Mapping[str, Any], key: str, value: str) -> bool:
-    got = T.tag(r, f"sweep.{key}") or T.tag(r, key)
+    got = tag(r, f"sweep.{key}") or tag(r, key)
     if got is None:
-        return f"{key}={value}" in T.sweep_of(r).split()
-    return got == value or (T.as_int(got) is not None and T.as_int(got) == T.as_int(value))
+        return f"{key}={value}" in sweep_of(r).split()
+    return got == value or (as_int(got) is not None and as_int(got) == as_int(value))
 
 
 def match(a: Arm, b: Arm, predictions: PredictionCache) -> Matched:
     """Seed-matched correctness of two arms on the questions every run answered. Seeds both arms have are
     paired; when they share none but each has one run, those two are paired (noted)."""
     notes: list[str] = []
-    a_by, b_by = {T.seed_of(r): r for r in a.runs}, {T.seed_of(r): r for r in b.runs}
+    a_by, b_by = {seed_of(r): r for r in a.runs}, {seed_of(r): r for r in b.runs}
     seeds = [s for s in a_by if s in b_by]
     pairs = [(s, a_by[s], b_by[s]) for s in seeds]
     if not pairs and len(a.runs) == 1 and len(b.runs) == 1:
@@ -162,19 +166,19 @@ class LoopIterations:
 
     @classmethod
     def from_store(cls, tracking_uri: str, experiment: str) -> LoopIterations:
-        all_runs = T.load_runs(tracking_uri, experiment, top_level_only=False)
-        col = f"tags.{T.PARENT_TAG}"
+        all_runs = load_runs(tracking_uri, experiment, top_level_only=False)
+        col = f"tags.{PARENT_TAG}"
         return cls(all_runs[all_runs[col].notna()] if col in all_runs else all_runs.iloc[0:0])
 
     def step_run(self, top_run_id: str, t: int) -> dict[str, Any] | None:
         """Iteration ``t``'s final evaluated step run of the loop ``top_run_id``, or ``None``."""
-        recs = T._rows(self.children)
-        iters = [r for r in recs if T.tag(r, T.PARENT_TAG) == top_run_id and T.tag(r, "iteration") == str(t)]
+        recs = records(self.children)
+        iters = [r for r in recs if tag(r, PARENT_TAG) == top_run_id and tag(r, "iteration") == str(t)]
         if not iters:
             return None
-        steps = [r for r in recs if T.tag(r, T.PARENT_TAG) == iters[-1]["run_id"]
-                 and T.tag(r, "stage") in ("grpo", "sft") and not math.isnan(T.metric(r, "test/acc"))]
-        steps.sort(key=lambda r: (T.tag(r, "stage") == "grpo", str(r.get("start_time"))))
+        steps = [r for r in recs if tag(r, PARENT_TAG) == iters[-1]["run_id"]
+                 and tag(r, "stage") in ("grpo", "sft") and not math.isnan(metric(r, "test/acc"))]
+        steps.sort(key=lambda r: (tag(r, "stage") == "grpo", str(r.get("start_time"))))
         return steps[-1] if steps else None
 
 
@@ -215,7 +219,7 @@ def claims_table(runs: pd.DataFrame, predictions: PredictionCache,
     """The paper's claims, each as a paired comparison with difference, CI, p-value and verdict."""
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
-    pts = T.fig2_points(runs)
+    pts = fig2_points(runs)
     fig2 = pts.attrs.get("groups", {})
     datas = sorted({k[0] for k in fig2})
     several = len(datas) > 1
@@ -238,7 +242,7 @@ def claims_table(runs: pd.DataFrame, predictions: PredictionCache,
                              _arm(fig2, (d, "TopK+GRPO", k), f"topk_grpo k={k}"), predictions, ">", notes))
         if len(grpo_ks) >= 2:
             rows.append(_grpo_small_k(fig2, d, grpo_ks[0], grpo_ks[-1], predictions, notes, on))
-    t2 = T.table2(runs).attrs.get("groups", {})
+    t2 = table2(runs).attrs.get("groups", {})
     for d in sorted({k[1] for k in t2}) or ["?"]:
         on = f" on {d}" if len({k[1] for k in t2}) > 1 else ""
         rows.append(_row(f"rewarded SFT > raw SFT{on}", _arm(t2, ("SFT raw", d), "sft_raw"),
@@ -262,7 +266,7 @@ def _grpo_small_k(fig2, d: str, small: int, large: int, predictions: PredictionC
     seeds = sorted(set.intersection(*(set(x.seeds) for x in (t_s, g_s, t_l, g_l))))  # type: ignore[union-attr]
     parts = {}
     for name, x in (("ts", t_s), ("gs", g_s), ("tl", t_l), ("gl", g_l)):
-        parts[name] = {T.seed_of(r): r for r in x.runs}  # type: ignore[union-attr]
+        parts[name] = {seed_of(r): r for r in x.runs}  # type: ignore[union-attr]
     mats: dict[str, list[pd.Series]] = {k: [] for k in parts}
     used_seeds = []
     for s in seeds:
@@ -291,22 +295,22 @@ def _grpo_small_k(fig2, d: str, small: int, large: int, predictions: PredictionC
 def _loop_rows(runs: pd.DataFrame, loops: LoopIterations | None, predictions: PredictionCache,
                notes: list[str]) -> list[dict[str, Any]]:
     """The loop improves: its final policy against iteration 0's, per recipe with >= 2 iterations."""
-    recs = [r for r in T.eval_records(runs, "claims", []) if T.tag(r, "stage") == "loop"
-            and (T.as_int(T.tag(r, "iterations")) or 1) >= 2]
+    recs = [r for r in eval_records(runs, "claims", []) if tag(r, "stage") == "loop"
+            and (as_int(tag(r, "iterations")) or 1) >= 2]
     if not recs or loops is None:
         return [_row("the loop improves across iterations", None, None, predictions)]
-    groups = T.latest_by(recs, lambda r: (T.tag(r, "experiment"), T.tag(r, "data"), T.sweep_of(r)), "claims", notes)
+    groups = latest_by(recs, lambda r: (tag(r, "experiment"), tag(r, "data"), sweep_of(r)), "claims", notes)
     # Label each loop by its recipe and only the sweep items that tell the loops apart (full lists are long)
     common = set.intersection(*(set(k[2].split()) for k in groups)) if groups else set()
     out = []
     for (exp, _data, sweep), top in groups.items():
-        n_it = T.as_int(T.tag(top[0], "iterations")) or 2
+        n_it = as_int(tag(top[0], "iterations")) or 2
         first = [loops.step_run(r["run_id"], 0) for r in top]
         pairs = [(f, r) for f, r in zip(first, top, strict=True) if f is not None]
         label = " ".join([exp or "?", *(i for i in sweep.split() if i not in common)])
         if len(pairs) < len(top):
             notes.append(f"loop {label}: {len(top) - len(pairs)} run(s) without an iteration-0 step run; left out.")
-        a = Arm(f"{label} iteration 0", [{**f, "tags.seed": T.seed_of(r)} for f, r in pairs]) if pairs else None
+        a = Arm(f"{label} iteration 0", [{**f, "tags.seed": seed_of(r)} for f, r in pairs]) if pairs else None
         b = Arm(f"{label} iteration {n_it - 1}", [r for _, r in pairs]) if pairs else None
         out.append(_row(f"the loop improves across iterations ({label})", a, b, predictions, ">", notes))
     return out
@@ -316,9 +320,9 @@ def _transfer_row(runs: pd.DataFrame, predictions: PredictionCache, notes: list[
     """Cross-modality transfer: a model trained on one modality beats the untrained base (``zero_shot``) on the
     other modalities' test questions (every source, every off-diagonal question, seed-matched)."""
     claim = "cross-modality transfer (trained on one modality > base on the others)"
-    mat = T.transfer_matrix(runs, "modality")
+    mat = transfer_matrix(runs, "modality")
     groups = mat.attrs.get("groups", {})
-    base = T.table2(runs).attrs.get("groups", {})
+    base = table2(runs).attrs.get("groups", {})
     base_runs = next((v for k, v in base.items() if k[0] == "base"), None)
     if not groups or not base_runs:
         return _row(claim, None, None, predictions)
@@ -327,12 +331,12 @@ def _transfer_row(runs: pd.DataFrame, predictions: PredictionCache, notes: list[
     mods = predictions.modality(base_run["run_id"])
     if base_c is None or mods is None:
         return _row(claim, None, None, predictions)
-    seeds = sorted(set.intersection(*({T.seed_of(r) for r in rs} for rs in groups.values())))
+    seeds = sorted(set.intersection(*({seed_of(r) for r in rs} for rs in groups.values())))
     a_rows, b_rows, used = [], [], []
     for s in seeds:
         a_s, b_s = [], []
         for (_data, src), rs in sorted(groups.items()):
-            r = next(r for r in rs if T.seed_of(r) == s)
+            r = next(r for r in rs if seed_of(r) == s)
             c = predictions.correct(r["run_id"])
             if c is None:
                 continue

@@ -1,4 +1,4 @@
-"""Figures 2, 4 and 5 of the paper from the tables in :mod:`medgr2.report.tables`.
+"""Figures 2, 4 and 5 of the paper from the tables in :mod:`medgr2.report.figure_data`.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global state, no
 display needed; PNGs are written by the Agg canvas), so the same objects show inline in a notebook.
@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from medgr2.report.tables import FIG2_REFERENCE, FIG2_SERIES, TRANSITIONS
+from medgr2.report.figure_data import FIG2_REFERENCE, FIG2_SERIES, TRANSITIONS
 
 SERIES_STYLE = {"RandK": ("tab:gray", "o", "--"), "TopK": ("tab:blue", "s", "-"),
                 "TopK+GRPO": ("tab:red", "^", "-"), "TopK (stratified)": ("tab:green", "D", ":"),

@@ -12,7 +12,8 @@ import pandas as pd
 
 from medgr2.evaluation.metrics import summarize
 from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, check_protocol, rescore
-from medgr2.report import tables as T
+from medgr2.report.mlflow_runs import read_predictions
+from medgr2.report.run_rows import is_eval_run
 
 __all__ = ["protocol_label", "read_scored", "rescore_runs", "rescored_metrics"]
 
@@ -30,7 +31,7 @@ def rescored_metrics(predictions: pd.DataFrame, protocol: str) -> dict[str, floa
 def read_scored(tracking_uri: str, run_id: str, protocol: str | None) -> pd.DataFrame:
     """A run's saved predictions, their ``pred`` rescored under ``protocol`` when one is given, so the
     per-question intervals and paired tests use the same scoring as the tables."""
-    frame = T.read_predictions(tracking_uri, run_id)
+    frame = read_predictions(tracking_uri, run_id)
     if not protocol:
         return frame
     return pd.DataFrame(rescore(frame.to_dict("records"), protocol))
@@ -45,11 +46,11 @@ def rescore_runs(runs: pd.DataFrame, tracking_uri: str, protocol: str) -> tuple[
     notes: list[str] = []
     done = 0
     for i, row in runs.iterrows():
-        if not T.is_eval_run(row):
+        if not is_eval_run(row):
             continue
         rid = str(row["run_id"])
         try:
-            metrics = rescored_metrics(T.read_predictions(tracking_uri, rid), protocol)
+            metrics = rescored_metrics(read_predictions(tracking_uri, rid), protocol)
         except Exception as exc:  # noqa: BLE001 - a missing or old artifact leaves the run as it was logged
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             notes.append(f"Run {rid[:8]} not rescored under `{protocol}` ({first}); it keeps its own protocol.")
@@ -66,7 +67,7 @@ def protocol_label(runs: pd.DataFrame) -> str:
     """``"protocol: lenient"`` for the evaluation runs in ``runs``, or a warning listing several."""
     found = set()
     for _, row in runs.iterrows():
-        if T.is_eval_run(row):
+        if is_eval_run(row):
             value = row.get("tags.protocol")
             found.add(DEFAULT_PROTOCOL if value is None or pd.isna(value) else str(value))
     if len(found) > 1:

@@ -58,7 +58,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_selection(cfg: DictConfig, stage: str) -> None:
-    from medgr2.data.selection import SelectionError, check_settings, open_pool
+    from medgr2.data.pools import SelectionError, open_pool
+    from medgr2.data.selection import check_settings
 
     sel = selection_from_config(cfg)
     method, k, allow_fewer = str(sel.get("method")), sel.get("k"), bool(sel.get("allow_fewer"))
