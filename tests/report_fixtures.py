@@ -149,6 +149,7 @@ SEED_ARMS: dict[str, tuple[str, str, dict[str, str], dict[int, float]]] = {
     "rand-all": ("rand_all", "loop", {}, {0: 0.79, 1: 0.80, 2: 0.78}),
     "sft-raw": ("sft_raw", "sft", {}, {0: 0.45}),
     "sft-rewarded": ("sft_rewarded", "sft", {}, {0: 0.78, 1: 0.80}),
+    "grpo": ("grpo", "loop", {}, {0: 0.80, 1: 0.81}),
     "zero-shot": ("zero_shot", "evaluate", {}, {0: 0.30}),
     "xmod-CT": ("cross_modality", "loop", {"source": "CT", "source_axis": "modality"}, {0: 0.60, 1: 0.62}),
     "xmod-MRI": ("cross_modality", "loop", {"source": "MRI", "source_axis": "modality"}, {0: 0.58, 1: 0.61}),

@@ -58,6 +58,9 @@ def test_claims_table_has_difference_ci_p_and_verdict_for_each_claim(seed_report
     b, c = _discordant(store.correct[("sft-raw", 0)], store.correct[("sft-rewarded", 0)])
     assert sft["seeds"] == 1 and sft["test"] == "McNemar exact, 1 seed"
     assert sft["p_value"] == pytest.approx(mcnemar_exact(b, c))
+    grpo = claims.loc["GRPO after rewarded SFT > rewarded SFT (Table 2)"]
+    gains = [(sum(store.correct[("grpo", s)]) - sum(store.correct[("sft-rewarded", s)])) / N_Q for s in (0, 1)]
+    assert grpo["seeds"] == 2 and grpo["diff"] == pytest.approx(np.mean(gains))
     loop = claims.loc["the loop improves across iterations (default)"]
     assert loop["diff"] == pytest.approx(0.08) and loop["verdict"] == "reproduced"
     assert claims.filter(like="cross-modality", axis=0)["verdict"].tolist() == ["reproduced"]

@@ -115,7 +115,9 @@ def describe_method(predictions_used: bool) -> str:
     base = ("Cells are the mean over seeds ± the half-width of a 95% interval that adds the spread across "
             "seeds (s²/n) to the uncertainty from the test questions (a bootstrap over the questions the "
             "seeds share, 2,000 resamples, fixed seed), referred to a t distribution with Welch–Satterthwaite "
-            "degrees of freedom. '(1 seed)': the seed spread is not in the interval.")
+            "degrees of freedom. '(1 seed)': the seed spread is not in the interval. F1 and AUC intervals "
+            "are the seed spread alone (no question bootstrap): a policy the seed does not change, such as "
+            "the base, shows ± 0.00 there, which is not a claim of no uncertainty.")
     if not predictions_used:
         base += " Runs without predictions.jsonl: seed spread only (no interval for one seed)."
     return base
