@@ -18,6 +18,8 @@ Sections:
           (cross_modality)
   fig5    error transitions baseline -> compare per modality, from their predictions.jsonl joined on id
   claims  the paper's claims as paired tests: difference, 95% CI, p-value, verdict
+  rlgen   RQ3: SFT+GRPO minus SFT per cell of the cross-domain GRPO recipes, and each GRPO arm's reward-hacking
+          figure (R_φ term and accuracy over steps; medgr2.report.rl_gain, hacking_figure)
 
 Examples:
   python -m medgr2.report
@@ -52,7 +54,7 @@ from medgr2.report.render import to_csv, to_latex, to_markdown, with_intervals
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("table1", "table2", "fig2", "fig4", "fig5", "claims")
+SECTIONS = ("table1", "table2", "fig2", "fig4", "fig5", "claims", "rlgen")
 DEFAULT_BASELINE = ("sft_raw",)
 DEFAULT_COMPARE = ("grpo", "topk_grpo")
 
@@ -314,6 +316,10 @@ def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "m
             _section_fig4(report, runs)
         elif sec == "fig5":
             _section_fig5(report, runs, all_runs, tracking_uri, baseline, compare)
+        elif sec == "rlgen":  # RQ3 gains and reward-hacking figures (medgr2.report.rl_gain)
+            from medgr2.report import rl_gain
+
+            rl_gain.section(report, runs, tracking_uri, experiment)
     report.path = report.out / "report.md"
     report.path.write_text(render_report(report, sections), encoding="utf-8")
     return report
@@ -369,6 +375,10 @@ def render_report(report: Report, sections: Sequence[str]) -> str:
             L += [C.claims_markdown(report.tables["claims"]), "",
                   f"Files: {_links(report, 'claims')}"]
         L += [*_notes(report, "claims"), ""]
+    if "rlgen" in sections:
+        from medgr2.report import rl_gain
+
+        L += rl_gain.render(report)
     L += ["## Runs used", ""]
     if report.used:
         L.append(to_markdown(pd.DataFrame(report.used, columns=["section", "row", "run_id"]), hide=()))
