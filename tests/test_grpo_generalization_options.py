@@ -60,6 +60,16 @@ def test_a_batch_without_an_informative_group_is_skipped_without_a_step(shared_c
     assert all(torch.equal(p, before[n]) for n, p in module.model.named_parameters())
 
 
+def test_training_ends_after_a_whole_epoch_without_an_informative_group(shared_cache):
+    module = make_policy(shared_cache, num_generations=2, difficulty_filter=True)
+    fixed_match(module, [0.0] * 8)  # every rollout wrong
+    # max_steps alone (max_epochs=-1, as the pipeline's trainers) would never end: no batch is a step
+    trainer = L.Trainer(accelerator="cpu", max_steps=5, max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(records(4), batch_size=2, collate_fn=list))
+    assert trainer.global_step == 0 and module.difficulty_skipped == 2
+
+
 def test_rm_pair_accuracy_is_logged_for_right_vs_wrong_rollouts_of_one_prompt(shared_cache):
     module = make_policy(shared_cache, num_generations=2, beta_match=1.0)
     module.rm_fn = lambda recs, texts: torch.tensor([1.0, 0.0, 0.0, 1.0, 5.0, 5.0])

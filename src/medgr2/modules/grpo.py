@@ -110,6 +110,7 @@ class GRPOPolicy(RolloutMixin, VLMModule):
         self.nan_batches = 0
         self.zero_adv_skipped = 0
         self.difficulty_skipped = 0  # batches with no informative group under difficulty_filter (no step)
+        self._consecutive_uninformative = 0
         self._consecutive_nan = 0
         self._pending: list[tuple[int, dict[str, float]]] = []  # (step, metrics) rows not yet sent to the logger
         self._buffer: Rollouts | None = None  # the last rollout batch (for tests and notebooks)
@@ -304,9 +305,19 @@ class GRPOPolicy(RolloutMixin, VLMModule):
         if ro is None and stats.pop("difficulty_empty", False):
             # difficulty_filter: every group all right or all wrong on every rank; no step, not counted
             self.difficulty_skipped += 1
+            self._consecutive_uninformative += 1
             self._log_step({**stats, "difficulty_skipped": float(self.difficulty_skipped), "skipped": 1.0},
                            len(batch))
+            # Skipped batches are no steps: a policy that gets every prompt all right (or all wrong) would never
+            # reach max_steps. A whole epoch without an informative group ends training.
+            n_batches = getattr(self.trainer, "num_training_batches", math.inf) if self._trainer is not None else math.inf
+            if self._consecutive_uninformative >= n_batches:
+                log.warning("difficulty_filter: no informative prompt in %d consecutive batches (a whole epoch): "
+                            "GRPO stops at step %d, nothing left to learn from the answers", n_batches,
+                            self.global_step)
+                self.trainer.should_stop = True
             return None
+        self._consecutive_uninformative = 0
         if ro is None:  # NaN rewards, on_nan=skip: flag it, no update
             self._log_step({**stats, "nan_batches": float(self.nan_batches), "skipped": 1.0}, len(batch))
             # Skipped batches do not count as optimizer steps, so a reward model that always gives NaN
