@@ -111,3 +111,17 @@ def test_the_report_writes_the_rlgen_section(tmp_path):
     assert "## RQ3" in text and "in-domain" in text and "hacking_cross_modality_grpo.png" in text
     assert (tmp_path / "rep" / "rlgen_modality_summary.csv").exists()
     assert (tmp_path / "rep" / "rlgen_modality_cross_modality_grpo.png").exists()
+
+
+def test_the_claims_table_gets_the_rq3_rows_with_interval_and_verdict(tmp_path):
+    from medgr2.report.aggregate import PredictionCache
+    from medgr2.report.claims import claims_table
+    from medgr2.report.tables import load_runs
+
+    runs = load_runs(build(tmp_path))
+    table = claims_table(runs, PredictionCache(lambda rid: None)).set_index("claim")
+    row = table.loc["GRPO (paper's reward) helps in-domain"]
+    assert row["diff"] == pytest.approx(0.03) and row["seeds"] == 2 and row["difference"] == "+3.0"
+    assert row["verdict"] == "inconclusive"  # two seeds, t(1): the interval spans 0 and the 1-point margin
+    assert table.loc["GRPO (paper's reward) generalizes across modalities", "diff"] == pytest.approx(-0.01)
+    assert table.loc["RL generalizes across tasks (GRPO, paper's reward, off-diagonal)", "verdict"] == "not measured"

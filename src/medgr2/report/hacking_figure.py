@@ -128,7 +128,7 @@ def plot(hist: pd.DataFrame, arm: str, n_runs: int, window: int = 10):
     for ax, (series, _) in zip(axes, present, strict=True):
         h = hist[hist["series"] == series]
         b = band(h[["run_id", "step", "value"]], window)
-        ax.plot(b["step"], b["mean"], color="tab:blue")
+        ax.plot(b["step"], b["mean"], color="tab:blue", marker="o" if len(b) < 20 else None)  # few steps: visible
         ax.fill_between(b["step"].astype(float), b["lo"].astype(float), b["hi"].astype(float), alpha=0.25,
                         color="tab:blue")
         ax.set_title(f"{series}\n({h['key'].iloc[0]})", fontsize=9)

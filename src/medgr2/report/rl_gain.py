@@ -185,3 +185,38 @@ def render(report) -> list[str]:
         L += [f"![{k}]({k}.png)" for k in hack] + [""]
     L += [f"- {n}" for n in report.notes.get("rlgen", [])] + [""]
     return L
+
+
+# ---------------------------------------------------------------------------------------------- claims rows
+
+ARM_LABELS = {"cross_modality_grpo": "paper's reward", "cross_modality_grpo_match": "match reward",
+              "cross_task_grpo": "paper's reward", "cross_task_grpo_match": "match reward"}
+AXIS_WORDS = {"modality": "modalities", "question_type": "tasks"}
+
+
+def claims_rows(runs: pd.DataFrame, margin: float = 0.01) -> list[dict[str, Any]]:
+    """Rows for the report's claims table (:data:`medgr2.report.claims.COLUMNS`): per axis and arm, "GRPO helps
+    in-domain" and "GRPO generalizes (off-diagonal)", each the summary's gain over seeds with its interval and
+    verdict (``significance.verdict``, relation '>', ``margin``). An axis without runs gives one "not measured"
+    row for the paper's reward off-diagonal (the paper's RQ3 claim)."""
+    rows = []
+    for axis, (arms, _infix, _known) in RL_ARMS.items():
+        _, summary = gain_tables(runs, axis)
+        if summary.empty:
+            rows.append({"claim": f"RL generalizes across {AXIS_WORDS[axis]} (GRPO, paper's reward, off-diagonal)",
+                         "comparison (B vs A)": f"{arms[0]}: SFT+GRPO vs SFT", "difference": "–", "95% CI": "–",
+                         "p": "–", "seeds": 0, "test": "not measured", "verdict": "not measured", "diff": math.nan,
+                         "lo": math.nan, "hi": math.nan, "p_value": math.nan, "run_ids": ""})
+            continue
+        for r in summary.itertuples(index=False):
+            est = S.Estimate(r.gain, r[3], r[4], int(r.seeds), 0, p=r.p)
+            what = "helps in-domain" if r.domain == "in-domain" else f"generalizes across {AXIS_WORDS[axis]}"
+            rows.append({"claim": f"GRPO ({ARM_LABELS.get(r.arm, r.arm)}) {what}",
+                         "comparison (B vs A)": f"{r.arm}: SFT+GRPO vs SFT, {r.domain}",
+                         "difference": f"{100 * r.gain:+.1f}",
+                         "95% CI": "–" if math.isnan(r[3]) else f"[{100 * r[3]:+.1f}, {100 * r[4]:+.1f}]",
+                         "p": S.format_p(r.p), "seeds": int(r.seeds),
+                         "test": f"t over seeds of the per-run gain ({int(r.sources)} sources)",
+                         "verdict": S.verdict(est, ">", margin), "diff": r.gain, "lo": r[3], "hi": r[4],
+                         "p_value": r.p, "run_ids": ""})
+    return rows
