@@ -44,8 +44,10 @@ from medgr2.modules.sft import VLMModule
 from medgr2.modules.vllm_rollouts import VLLMRollouts, require_vllm
 from medgr2.rl.advantages import global_reward_std, group_advantages
 from medgr2.rl.diagnostics import group_std, zero_advantage_fraction
+from medgr2.rl.difficulty import informative_fraction, informative_groups, kept_rows
 from medgr2.rl.importance import importance_weight_stats, truncated_importance_weights
 from medgr2.rl.loss import grpo_loss_with_stats
+from medgr2.rl.preference_pairs import pairwise_ranking_accuracy
 
 __all__ = ["GRPOConfig", "GRPOPolicy", "HackingMonitor", "RewardFn", "RewardHackingWarning", "Rollouts",
            "completion_mask", "reward_model_fn", "sample_tokens"]
@@ -107,6 +109,8 @@ class GRPOPolicy(RolloutMixin, VLMModule):
         self.prompt_ids: list[str] = []  # ids of the records this process sampled rollouts for (an audit trail)
         self.nan_batches = 0
         self.zero_adv_skipped = 0
+        self.difficulty_skipped = 0  # batches with no informative group under difficulty_filter (no step)
+        self._consecutive_uninformative = 0
         self._consecutive_nan = 0
         self._pending: list[tuple[int, dict[str, float]]] = []  # (step, metrics) rows not yet sent to the logger
         self._buffer: Rollouts | None = None  # the last rollout batch (for tests and notebooks)
@@ -145,7 +149,7 @@ class GRPOPolicy(RolloutMixin, VLMModule):
     # ------------------------------------------------------------------ rewards
     def score(self, records: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> dict[str, Tensor]:
         """Reward components of N completions (records repeated G times): rm, match, format, total — (N,) each."""
-        comps = score_completions(self.rm_fn, records, texts, self.cfg.reward)
+        comps = score_completions(self.rm_fn, records, texts, self.cfg.reward, group_size=self.G)
         return {k: v.to(self.device) for k, v in comps.items()}
 
     # ------------------------------------------------------------------ one rollout batch
@@ -180,6 +184,15 @@ class GRPOPolicy(RolloutMixin, VLMModule):
         # GRPO learns from within-group differences only: the spread of each term says which one drives it.
         for k in ("rm", "match", "format", "total"):
             stats[f"group_std/{k}"] = group_std(comps[k], G)
+        # Where GRPO can learn: groups whose rollouts disagree on the answer (logged whether or not filtered).
+        stats["informative_frac"] = informative_fraction(comps["match"], G)
+        if self.rm_fn is not None:
+            stats["reward_rm_raw"] = comps["rm_raw"].mean()
+            # R_phi's accuracy at ranking this batch's right rollouts above the wrong ones of the same prompt
+            acc, n_pairs = pairwise_ranking_accuracy(comps["rm_raw"].cpu(), comps["match"].bool().tolist(),
+                                                     [i // G for i in range(len(texts))])
+            if n_pairs:
+                stats["rm_pair_acc"] = acc
         rewards = comps["total"]  # (N,)
         nan_rows = torch.isnan(rewards)
         bad = bool(nan_rows.any())
@@ -197,15 +210,33 @@ class GRPOPolicy(RolloutMixin, VLMModule):
             self.nan_batches += 1
             self._consecutive_nan += 1
             log.warning("NaN reward in %d completions: batch skipped (%d so far)", len(idx), self.nan_batches)
-            for k in ("reward_mean", "reward_std", "reward_rm", "group_std/rm", "group_std/total"):
-                stats.pop(k)  # NaN by construction; the nan_batches counter tells the story
+            for k in ("reward_mean", "reward_std", "reward_rm", "group_std/rm", "group_std/total", "reward_rm_raw"):
+                stats.pop(k, None)  # NaN by construction; the nan_batches counter tells the story
             return None, stats
         self._consecutive_nan = 0
+        stats["zero_var_frac"] = (rewards.view(-1, G).amax(1) == rewards.view(-1, G).amin(1)).float().mean()
+        silence = False  # this rank has no informative group but another has: its rows take part with advantage 0
+        if cfg.difficulty_filter:
+            keep = informative_groups(comps["match"], G)  # (B,)
+            here = bool(keep.any())
+            if self._all_ranks(not here):
+                stats["difficulty_empty"] = True
+                return None, stats
+            if here and not bool(keep.all()):
+                rows = kept_rows(keep, G)  # (B' * G,)
+                records = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
+                prompt = self.prompt_batch(records)  # re-collated: pixel rows of the dropped images go too
+                prompt_pos = self._rope_index(prompt)  # (3, B', Tp')
+                tokens, mask, rewards = tokens[rows], mask[rows], rewards[rows]
+                sampler_logps = sampler_logps[rows] if sampler_logps is not None else None
+            silence = not here
+            stats["kept_groups"] = float(keep.sum()) if here else 0.0
         batch_std = None
         if cfg.loss.scale_rewards == "batch" and self.trainer_world_size() > 1:
             batch_std = global_reward_std(rewards)  # TRL: the std of the rewards gathered from all ranks
         adv = group_advantages(rewards, G, scale=cfg.loss.scale_rewards, batch_std=batch_std)  # (N,)
-        stats["zero_var_frac"] = (rewards.view(-1, G).amax(1) == rewards.view(-1, G).amin(1)).float().mean()
+        if silence:
+            adv = torch.zeros_like(adv)
         stats["zero_adv_frac"] = zero_advantage_fraction(adv, G)
         ro = Rollouts(prompt=prompt, prompt_pos=prompt_pos, completion_ids=tokens,
                       completion_mask=mask.float(), advantages=adv, sampler_logps=sampler_logps)
@@ -271,6 +302,22 @@ class GRPOPolicy(RolloutMixin, VLMModule):
         """Rollouts on ``batch``, then ``num_iterations`` optimizer steps on them (TRL reuses one batch mu times)."""
         cfg = self.cfg
         ro, stats = self.make_rollouts(batch)
+        if ro is None and stats.pop("difficulty_empty", False):
+            # difficulty_filter: every group all right or all wrong on every rank; no step, not counted
+            self.difficulty_skipped += 1
+            self._consecutive_uninformative += 1
+            self._log_step({**stats, "difficulty_skipped": float(self.difficulty_skipped), "skipped": 1.0},
+                           len(batch))
+            # Skipped batches are no steps: a policy that gets every prompt all right (or all wrong) would never
+            # reach max_steps. A whole epoch without an informative group ends training.
+            n_batches = getattr(self.trainer, "num_training_batches", math.inf) if self._trainer is not None else math.inf
+            if self._consecutive_uninformative >= n_batches:
+                log.warning("difficulty_filter: no informative prompt in %d consecutive batches (a whole epoch): "
+                            "GRPO stops at step %d, nothing left to learn from the answers", n_batches,
+                            self.global_step)
+                self.trainer.should_stop = True
+            return None
+        self._consecutive_uninformative = 0
         if ro is None:  # NaN rewards, on_nan=skip: flag it, no update
             self._log_step({**stats, "nan_batches": float(self.nan_batches), "skipped": 1.0}, len(batch))
             # Skipped batches do not count as optimizer steps, so a reward model that always gives NaN

@@ -19,6 +19,7 @@ from typing import Any
 from medgr2.data.prompting import SHORT_INSTRUCTION
 from medgr2.rl.advantages import SCALE_CHOICES
 from medgr2.rl.loss import LOSS_TYPES
+from medgr2.rl.rm_normalize import NORMALIZE_CHOICES
 
 ROLLOUT_MODES = ("expand", "repeat", "vllm")
 ON_NAN = ("skip", "raise")
@@ -101,11 +102,16 @@ class RewardConfig:
     rm_max: float = 10.0
     reward_model: str | None = None  # path of an R_phi export; None: no R_phi (alpha term 0)
     reward_batch_size: int = 32
+    # R_phi z-scored before mixing: none | group (the G rollouts of one prompt) | qtype (the question type's rows
+    # of the batch); medgr2.rl.rm_normalize. The rm term is then the z-score (rescale_rm does not apply).
+    rm_normalize: str = "none"
     on_nan: str = "skip"  # skip | raise
     max_nan_batches: int = 10
 
     def __post_init__(self) -> None:
         _check(self.rm_max > self.rm_min, f"rm_max must be > rm_min, got rm_min={self.rm_min}, rm_max={self.rm_max}")
+        _check(self.rm_normalize in NORMALIZE_CHOICES,
+               f"rm_normalize must be one of {NORMALIZE_CHOICES}, got {self.rm_normalize!r}")
         _check(self.on_nan in ON_NAN, f"on_nan must be one of {ON_NAN}, got {self.on_nan!r}")
         _check(self.max_nan_batches >= 1, f"max_nan_batches must be >= 1, got {self.max_nan_batches}")
         _check(self.reward_batch_size >= 1, f"reward_batch_size must be >= 1, got {self.reward_batch_size}")
@@ -133,6 +139,9 @@ class GRPOConfig:
     # skip the optimizer step when every advantage of the batch is 0 (and beta = 0): AdamW's momentum would
     # otherwise move every weight by about lr with no signal
     skip_zero_advantage: bool = False
+    # difficulty filtering (DAPO's dynamic sampling, without re-sampling): train only on the groups whose rollout
+    # accuracy is neither 0 nor 1; a batch with no such group is skipped (no step). medgr2.rl.difficulty
+    difficulty_filter: bool = False
     # diagnostics
     hacking_window: int = 40
     hacking_threshold: float = 0.15

@@ -16,6 +16,7 @@ from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
 from medgr2.modules.grpo_config import RewardConfig
 from medgr2.rl.answers import extract_answer, format_reward
 from medgr2.rl.rewards import composite_reward_components
+from medgr2.rl.rm_normalize import normalization_keys, normalize_within
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,12 @@ class HackingMonitor:
 
 
 def score_completions(rm_fn: RewardFn | None, records: Sequence[Mapping[str, Any]], texts: Sequence[str],
-                      cfg: RewardConfig) -> dict[str, Tensor]:
-    """Reward components of N completions (``records[i]`` is the record completion ``i`` answers).
+                      cfg: RewardConfig, group_size: int = 1) -> dict[str, Tensor]:
+    """Reward components of N completions (``records[i]`` is the record completion ``i`` answers; rows come in
+    groups of ``group_size`` rollouts of one prompt).
 
-    Returns ``rm`` (R_phi as used: rescaled when ``cfg.rescale_rm``), ``match``, ``format``, ``total`` — (N,) each,
+    Returns ``rm`` (R_phi as used: rescaled when ``cfg.rescale_rm``, z-scored when ``cfg.rm_normalize``),
+    ``rm_raw`` (R_phi's own scores; zeros without a reward model), ``match``, ``format``, ``total`` — (N,) each,
     on the CPU. Without ``rm_fn`` the alpha term is 0.
     """
     rescale = cfg.rescale_rm
@@ -108,8 +111,14 @@ def score_completions(rm_fn: RewardFn | None, records: Sequence[Mapping[str, Any
     else:
         rm = torch.zeros(len(texts))  # no reward model: the alpha term vanishes (0 after rescaling too)
         rescale = False
+    raw = rm.clone()
+    keys = normalization_keys(cfg.rm_normalize, records, group_size) if rm_fn is not None else None
+    if keys is not None:
+        rm, rescale = normalize_within(rm, keys), False  # a z-score: rescaling would only clamp it
     preds = [extract_answer(t) for t in texts]
-    return composite_reward_components(
+    comps = composite_reward_components(
         rm, preds, [r["answer"] for r in records], alpha=cfg.alpha, beta=cfg.beta_match,
         format_scores=[format_reward(t) for t in texts], format_weight=cfg.format_weight,
         rescale_rm=rescale, rm_min=cfg.rm_min, rm_max=cfg.rm_max)
+    comps["rm_raw"] = raw
+    return comps

@@ -426,9 +426,13 @@ class Loop:
         preds = predict(model, processor, prompts, instruction=instruction(cfg),
                         batch_size=int(cfg.evaluate.batch_size), max_new_tokens=int(cfg.evaluate.max_new_tokens),
                         progress=False)
-        del model
         grading = to_dict(s.reward.grading)
-        pref = to_dataset(policy_graded_rows(prompts, preds, grading), extra_features=GRADED_FEATURES)
+        from medgr2.pipeline.reward_pairs import heldout_ranking_metrics, rollout_preferences
+
+        extra = rollout_preferences(cfg, t, model, processor, prompts, grading)  # stage.adapt.d_pref / heldout
+        del model
+        rows = extra["rows"] or policy_graded_rows(prompts, preds, grading)
+        pref = to_dataset(rows, extra_features=GRADED_FEATURES)
         r_sub = sub_config(cfg, "reward", out)
         d_grade, _ = build_grade_dataset(r_sub, r_sub.stage, tracker)
         replay = d_grade.shuffle(seed=int(cfg.seed) + t).select(range(min(int(a.replay), len(d_grade))))
@@ -440,6 +444,9 @@ class Loop:
                        lr=float(a.lr), head_lr=float(a.lr), batch_size=int(a.batch_size), warmup_steps=0,
                        ckpt_path=None)
         metrics, _ = train_reward(r, r.stage, tracker, out)
+        if extra["heldout"] is not None:
+            metrics.update(heldout_ranking_metrics(rm_path, str(out / "reward_model"), extra["heldout"]))
+        metrics.update(extra["metrics"])
         n = len(preds)
         metrics.update({"pref/rows": float(n), "pref/policy_acc": sum(p["pred"] == q["answer"] for p, q in
                                                                      zip(preds, prompts, strict=True)) / max(n, 1)})

@@ -29,7 +29,7 @@ from medgr2.report.run_rows import not_evaluated, skip, tag
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("table1", "table2", "fig2", "fig4", "fig5", "claims")
+SECTIONS = ("table1", "table2", "fig2", "fig4", "fig5", "claims", "rlgen")
 
 
 @dataclass
@@ -265,6 +265,10 @@ def build_report(tracking_uri: str = "sqlite:///mlflow.db", experiment: str = "m
             _section_fig4(report, runs)
         elif sec == "fig5":
             _section_fig5(report, runs, all_runs, tracking_uri, baseline, compare)
+        elif sec == "rlgen":  # RQ3 gains and reward-hacking figures (medgr2.report.rl_gain)
+            from medgr2.report import rl_gain
+
+            rl_gain.section(report, runs, tracking_uri, experiment)
     report.path = report.out / "report.md"
     report.path.write_text(render_report(report, sections), encoding="utf-8")
     return report

@@ -253,6 +253,9 @@ def claims_table(runs: pd.DataFrame, predictions: PredictionCache,
                          predictions, ">", notes))
     rows.extend(_loop_rows(runs, loops, predictions, notes))
     rows.append(_transfer_row(runs, predictions, notes))
+    from medgr2.report.rl_gain import claims_rows  # RQ3: SFT+GRPO minus SFT in the cross-domain GRPO recipes
+
+    rows.extend(claims_rows(runs, MARGIN))
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["seeds"] = df["seeds"].astype("Int64")
     df.attrs = {"notes": notes}

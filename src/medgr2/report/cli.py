@@ -17,6 +17,8 @@ Sections:
           (cross_modality)
   fig5    error transitions baseline -> compare per modality, from their predictions.jsonl joined on id
   claims  the paper's claims as paired tests: difference, 95% CI, p-value, verdict
+  rlgen   RQ3: SFT+GRPO minus SFT per cell of the cross-domain GRPO recipes, and each GRPO arm's reward-hacking
+          figure (R_φ term and accuracy over steps; medgr2.report.rl_gain, hacking_figure)
 
 Examples:
   python -m medgr2.report

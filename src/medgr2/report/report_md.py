@@ -63,6 +63,10 @@ def render_report(report: Report, sections: Sequence[str]) -> str:
             L += [C.claims_markdown(report.tables["claims"]), "",
                   f"Files: {_links(report, 'claims')}"]
         L += [*_notes(report, "claims"), ""]
+    if "rlgen" in sections:
+        from medgr2.report import rl_gain
+
+        L += rl_gain.render(report)
     L += ["## Runs used", ""]
     if report.used:
         L.append(to_markdown(pd.DataFrame(report.used, columns=["section", "row", "run_id"]), hide=()))
