@@ -9,7 +9,7 @@ sampled tokens under ``logits / temperature``:
 - ``expand`` (default): each prompt is encoded and prefilled once; its KV cache is expanded to its G rows and the
   N = B*G rows are decoded together (~0.7x the time of ``repeat`` on the tiny VLM, one CPU thread);
 - ``repeat``: ``model.generate`` on G copies of each prompt (TRL's way);
-- ``vllm``: an in-process vLLM engine (:mod:`medgr2.modules.vllm_rollouts`, GPU), whose log-probs of the sampled
+- ``vllm``: an in-process vLLM engine (:mod:`medgr2.training.vllm_rollouts`, GPU), whose log-probs of the sampled
   tokens come back too, for the truncated importance-sampling correction.
 """
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from medgr2.data.collate import model_inputs, to_rgb
 from medgr2.data.prompting import user_text
-from medgr2.modules import sharding
+from medgr2.training import sharding
 
 
 def sample_tokens(logits: Tensor, temperature: float, top_p: float, top_k: int = 0) -> Tensor:

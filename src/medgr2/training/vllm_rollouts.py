@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from medgr2.generation.local import VLLM_HINT, VLLMNotInstalledError
+from medgr2.utils.optional import VLLM_HINT, VLLMNotInstalledError
 
 log = logging.getLogger(__name__)
 
