@@ -86,7 +86,7 @@ def test_the_module_is_built_from_its_config_and_saves_it_as_plain_hyperparamete
     assert module.cfg == config and module.head.net[0].in_features == 2 * text
     assert module.head_config()["hi"] == 5.0 and module.head_config()["pooling"] == "last_mean"
     groups = module.configure_optimizers()["optimizer"].param_groups
-    assert [g["lr"] for g in groups] == [1e-3, 1e-3]  # head_lr None: the backbone's
+    assert [g["initial_lr"] for g in groups] == [1e-3, 1e-3]  # head_lr None: the backbone's
     # Flat plain values, so a checkpoint's hyperparameters load with weights_only=True.
     torch.save(dict(module.hparams), tmp_path / "hp.pt")
     saved = torch.load(tmp_path / "hp.pt", weights_only=True)

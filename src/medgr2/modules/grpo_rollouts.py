@@ -25,6 +25,7 @@ from torch import Tensor
 
 from medgr2.data.collate import model_inputs, to_rgb
 from medgr2.data.prompting import user_text
+from medgr2.models.decoding import sampling
 from medgr2.training import sharding
 
 
@@ -149,12 +150,13 @@ class RolloutMixin:
     def _sample(self, prompt: Mapping[str, Tensor], prompt_pos: Tensor) -> Tensor:
         rc = self.cfg.rollout
         if rc.rollout == "repeat":
-            # Every sampling knob explicitly: generate() otherwise applies the checkpoint's generation_config
-            # (Qwen2.5-VL ships repetition_penalty 1.05), and the loss would score another distribution.
+            # Every sampling knob explicitly (models/decoding.py): generate() otherwise applies the checkpoint's
+            # generation_config (Qwen2.5-VL ships repetition_penalty 1.05), and the loss would score another
+            # distribution.
             out = self.model.generate(
-                **prompt, do_sample=True, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                repetition_penalty=rc.repetition_penalty, max_new_tokens=rc.max_new_tokens,
-                num_return_sequences=self.G, pad_token_id=self.pad_id, eos_token_id=self.eos_ids.tolist())
+                **prompt, **sampling(rc.temperature, rc.top_p, rc.top_k, rc.repetition_penalty),
+                max_new_tokens=rc.max_new_tokens, num_return_sequences=self.G, pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids.tolist())
             return out[:, prompt["input_ids"].shape[1]:]  # (N, Tc)
         return self._generate_expand(prompt, prompt_pos)
 
