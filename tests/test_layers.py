@@ -79,3 +79,16 @@ def test_every_package_has_a_layer_rule():
 
 def test_no_import_crosses_the_layers():
     assert _violations() == []
+
+
+def test_lightning_modules_live_in_modules_only():
+    # modules/ is the LightningModule layer; the machinery they run on sits in training/ (and below).
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
+                if "LightningModule" in bases and not rel.startswith("modules/"):
+                    found.append(f"{rel}: {node.name}")
+    assert found == []
