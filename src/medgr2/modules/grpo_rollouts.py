@@ -25,6 +25,7 @@ from torch import Tensor
 
 from medgr2.data.collate import model_inputs, to_rgb
 from medgr2.data.prompting import user_text
+from medgr2.models.adapters import unwrap
 from medgr2.models.decoding import sampling
 from medgr2.training import sharding
 
@@ -82,7 +83,7 @@ class RolloutMixin:
 
     def _hf(self):
         """The underlying ``Qwen2_5_VLForConditionalGeneration`` (inside a peft wrapper if LoRA)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return unwrap(self.model)
 
     def prompt_items(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """The chat items (image + user text) of B records: one source for the HF and the vLLM prompts."""
@@ -216,7 +217,7 @@ class RolloutMixin:
 
     def _completion_logps(self, model, ro: Rollouts, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         G, p = self.G, ro.prompt
-        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hf = unwrap(model)
         Tp, Tc = p["input_ids"].shape[1], ro.completion_ids.shape[1]
         ids = torch.cat([p["input_ids"].repeat_interleave(G, dim=0), ro.completion_ids], dim=1)  # (N, T)
         attn = torch.cat([p["attention_mask"].repeat_interleave(G, dim=0),
