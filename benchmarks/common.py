@@ -180,9 +180,10 @@ def tiny_model_path(cache: str | None = None) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _tiny_model_path(cache: str) -> str:
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import ModelSpec, resolve_model_path
 
-    return resolve_model_path(ModelSpec.from_config(tiny_spec_base(cache)))
+    return resolve_model_path(ModelSpec.from_config(tiny_spec_base(cache)), tokenizer_corpus)
 
 
 def tiny_spec_base(cache: str | None = None) -> dict[str, Any]:

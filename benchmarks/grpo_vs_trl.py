@@ -115,9 +115,10 @@ def build_trl(B: int, G: int, L: int, loss_type: str, recs, steps: int, out_dir:
     from trl import GRPOConfig, GRPOTrainer
 
     from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import ModelSpec, load_vlm
 
-    model, processor = load_vlm(ModelSpec.from_config(common.tiny_spec()))
+    model, processor = load_vlm(ModelSpec.from_config(common.tiny_spec()), corpus_fn=tokenizer_corpus)
     rows = [{"prompt": [{"role": "user", "content": [{"type": "image"},
                                                       {"type": "text", "text": user_text(r, SHORT_INSTRUCTION)}]}],
              "image": r["image"], "answer": r["answer"]} for r in recs]

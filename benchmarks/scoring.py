@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     run = common.Run("scoring", args.out, vars(args))
 
     from medgr2.data.collate import IGNORE, model_inputs
-    from medgr2.modules.reward import RewardCollator, RewardRegressor, RewardScorer, ScoringCache
+    from medgr2.modules.reward import RewardRegressor
+    from medgr2.modules.reward_scorer import RewardScorer
+    from medgr2.training.reward_collate import RewardCollator
+    from medgr2.training.scoring_cache import ScoringCache
 
     module = RewardRegressor(model=common.tiny_spec(), lora=False, pooling="mean", head_hidden=64,
                              target_mean=2.5, target_std=6.0).eval()

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.utils.data import DataLoader
 
     from medgr2.data.collate import ChatCollator, model_inputs, vqa_item
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import ModelSpec, load_vlm
     from medgr2.modules.sft import SFTPolicy
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     batches = [collate([vqa_item(r) for r in recs[i:i + bs]]) for i in range(0, len(recs), bs)]
     n_tokens = float(batches[0]["input_ids"].numel())
 
-    bare_model, _ = load_vlm(ModelSpec.from_config(common.tiny_spec()))
+    bare_model, _ = load_vlm(ModelSpec.from_config(common.tiny_spec()), corpus_fn=tokenizer_corpus)
     bare_model.train()
     opt = torch.optim.AdamW(bare_model.parameters(), lr=args.lr, weight_decay=0.0)
 

@@ -7,7 +7,7 @@ import real_layout
 import torch
 
 from medgr2.data.collate import IGNORE, ChatCollator, letter_slot, vqa_item
-from medgr2.data.synthmed import SynthMedConfig, make_item
+from medgr2.data.synthmed import SynthMedConfig, make_item, tokenizer_corpus
 from medgr2.models.factory import load_vlm
 from medgr2.models.processor import torchvision_available
 from medgr2.rl.lm_loss import answer_nll, answer_window, letter_stats
@@ -17,7 +17,8 @@ needs_real = pytest.mark.skipif(not real_layout.available(), reason=real_layout.
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return load_vlm({"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(tmp_path_factory.mktemp("c"))})
+    return load_vlm({"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(tmp_path_factory.mktemp("c"))},
+                    corpus_fn=tokenizer_corpus)
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from medgr2.data.collate import IGNORE, ChatCollator, vqa_item
-from medgr2.data.synthmed import SynthMedConfig, make_item
+from medgr2.data.synthmed import SynthMedConfig, make_item, tokenizer_corpus
 from medgr2.models.factory import load_vlm
 
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
     _, proc = load_vlm({"name": "tiny_vlm", "tiny": {}, "image_size": 56,
-                        "cache_dir": str(tmp_path_factory.mktemp("c"))})
+                        "cache_dir": str(tmp_path_factory.mktemp("c"))}, corpus_fn=tokenizer_corpus)
     return proc
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medgr2.data.collate import ChatCollator, model_inputs
-from medgr2.data.synthmed import SynthMedConfig, make_item
+from medgr2.data.synthmed import SynthMedConfig, make_item, tokenizer_corpus
 from medgr2.evaluation.evaluate import _prompt_item, predict
 from medgr2.models.decoding import GREEDY, as_params, sampling
 from medgr2.models.factory import load_vlm
@@ -14,7 +14,8 @@ from medgr2.models.factory import load_vlm
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return load_vlm({"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(tmp_path_factory.mktemp("c"))})
+    return load_vlm({"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(tmp_path_factory.mktemp("c"))},
+                    corpus_fn=tokenizer_corpus)
 
 
 def _set_checkpoint_config(model, penalty: float) -> None:

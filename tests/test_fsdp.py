@@ -23,9 +23,9 @@ import torch
 from conftest import ROOT, TEST_OVERRIDES
 
 from medgr2.data.synthmed import SynthMedConfig, make_item
-from medgr2.modules.sharding import ShardingOptions, full_digests, is_sharded
+from medgr2.training.sharding import ShardingOptions, full_digests, is_sharded
 
-AUDIT = "medgr2.modules.sharding.ShardingAudit"
+AUDIT = "medgr2.training.sharding.ShardingAudit"
 
 
 def _tiny_spec(cache) -> dict:
@@ -70,11 +70,13 @@ def _equivalence_worker(rank: int, port: int, cache: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     from medgr2.data.collate import IGNORE, ChatCollator, model_inputs, vqa_item
+    from medgr2.data.reward_items import reward_item
     from medgr2.modules.grpo import GRPOPolicy, Rollouts, completion_mask
-    from medgr2.modules.reward import RewardCollator, RewardRegressor, reward_item
+    from medgr2.modules.reward import RewardRegressor
     from medgr2.modules.sft import SFTPolicy
-    from medgr2.modules.sharding import shard_plain, shard_vlm
     from medgr2.rl.lm_loss import answer_nll
+    from medgr2.training.reward_collate import RewardCollator
+    from medgr2.training.sharding import shard_plain, shard_vlm
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -167,9 +169,10 @@ def test_sharded_rollouts_logprobs_and_gradients_equal_the_unsharded_model(share
     activation checkpointing; bf16 mixed precision stays close."""
     import torch.multiprocessing as mp
 
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import ModelSpec, resolve_model_path
 
-    resolve_model_path(ModelSpec.from_config(_tiny_spec(shared_cache)))  # build once, before 2 processes race
+    resolve_model_path(ModelSpec.from_config(_tiny_spec(shared_cache)), tokenizer_corpus)  # build once, before 2 processes race
     mp.spawn(_equivalence_worker, args=(_free_port(), str(shared_cache)), nprocs=2, join=True)
 
 
@@ -182,7 +185,7 @@ def test_sharding_options_validate_and_build_the_mixed_precision_policy():
 
 
 def test_the_strategy_refuses_tensor_parallelism():
-    from medgr2.modules.sharding import FSDP2Strategy
+    from medgr2.training.sharding import FSDP2Strategy
 
     with pytest.raises(ValueError, match="tensor_parallel_size must be 1"):
         FSDP2Strategy(tensor_parallel_size=2)

@@ -13,7 +13,8 @@ from medgr2.generation import make_backend, parse_candidate, plan_requests
 
 torch = pytest.importorskip("torch")
 
-from medgr2.generation.local import VLLM_HINT, HFBackend, VLLMNotInstalledError  # noqa: E402
+from medgr2.generation.local import HFBackend  # noqa: E402
+from medgr2.utils.optional import VLLM_HINT, VLLMNotInstalledError  # noqa: E402
 
 PAD = 0
 

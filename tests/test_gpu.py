@@ -122,12 +122,13 @@ def test_sft_step_mfu_is_reported(make_cfg, capsys):
     import time
 
     from medgr2.data.collate import ChatCollator, vqa_item
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import load_vlm
     from medgr2.pipeline.common import load_split, to_dict
     from medgr2.pipeline.pretrain import base_weights
 
     cfg = make_cfg("stage=sft", *GPU)
-    model, processor = load_vlm(to_dict(cfg.model), weights=base_weights(cfg), lora=False)
+    model, processor = load_vlm(to_dict(cfg.model), weights=base_weights(cfg), corpus_fn=tokenizer_corpus, lora=False)
     model = model.cuda().train()
     rows = load_split(cfg, "train", limit=32)
     batch = ChatCollator(processor)([vqa_item(r, "", think=True) for r in rows])

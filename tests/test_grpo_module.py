@@ -189,7 +189,8 @@ def test_zero_variance_groups_give_a_zero_loss_gradient(shared_cache):
 def test_the_real_reward_scorer_plugs_in_as_rm_fn(shared_cache):
     """R_phi's scorer (an untrained head here) scores GRPO's completions through :func:`reward_model_fn`."""
     from medgr2.modules.grpo import reward_model_fn
-    from medgr2.modules.reward import RewardRegressor, RewardScorer
+    from medgr2.modules.reward import RewardRegressor
+    from medgr2.modules.reward_scorer import RewardScorer
 
     spec = {"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(shared_cache)}
     scorer = RewardScorer(RewardRegressor(model=spec, lora=False))

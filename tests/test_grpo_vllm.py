@@ -24,17 +24,17 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from medgr2.data.collate import ChatCollator, model_inputs
-from medgr2.data.synthmed import SynthMedConfig, make_item
-from medgr2.generation.local import VLLMNotInstalledError
+from medgr2.data.synthmed import SynthMedConfig, make_item, tokenizer_corpus
 from medgr2.models.factory import load_vlm
 from medgr2.modules.grpo import GRPOPolicy, completion_mask
-from medgr2.modules.vllm_rollouts import (
+from medgr2.training.vllm_rollouts import (
     VLLMRollouts,
     completion_tokens,
     pack_completions,
     policy_weights,
     write_engine_checkpoint,
 )
+from medgr2.utils.optional import VLLMNotInstalledError
 
 SMALL = {"max_new_tokens": 8, "num_generations": 4, "warmup_steps": 0}
 no_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
@@ -64,7 +64,7 @@ def saved_tensors(model) -> dict[str, torch.Tensor]:
 
 def lora_with_nonzero_adapters(cache):
     """A LoRA-wrapped tiny model whose adapters change the outputs (peft initialises B to zero)."""
-    model, processor = load_vlm(spec(cache), lora=True)
+    model, processor = load_vlm(spec(cache), corpus_fn=tokenizer_corpus, lora=True)
     torch.manual_seed(0)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -100,7 +100,7 @@ def test_the_config_carries_the_rollout_choice_and_the_engine_options(make_cfg):
 
 
 def test_policy_weights_are_exactly_what_save_pretrained_writes(shared_cache):
-    model, _ = load_vlm(spec(shared_cache), lora=False)
+    model, _ = load_vlm(spec(shared_cache), corpus_fn=tokenizer_corpus, lora=False)
     pushed = dict(policy_weights(model))
     saved = saved_tensors(model)
     assert set(pushed) == set(saved)  # checkpoint names (transformers 5 renames reverted), tied lm_head dropped

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from medgr2.data.collate import ChatCollator
+from medgr2.data.synthmed import tokenizer_corpus
 from medgr2.models.factory import load_vlm
 from medgr2.models.processor import image_tokens, set_resolution, square_side
 
@@ -13,7 +14,8 @@ from medgr2.models.processor import image_tokens, set_resolution, square_side
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
     return load_vlm({"name": "tiny_vlm", "tiny": {}, "image_size": 56,
-                     "cache_dir": str(tmp_path_factory.mktemp("c"))})[1]
+                     "cache_dir": str(tmp_path_factory.mktemp("c"))},
+                    corpus_fn=tokenizer_corpus)[1]
 
 
 def _tokens(processor, size: tuple[int, int]) -> int:

@@ -1,6 +1,7 @@
 """The layers stay as docs/architecture.md draws them: ``train.py`` -> ``pipeline`` (stage wiring) ->
-``modules`` (LightningModules) -> ``rl`` (pure maths) / ``models`` (factory) / ``data``; ``report`` reads
-MLflow and saved artifacts and never trains; ``utils`` sits under everything.
+``modules`` (LightningModules) -> ``training`` (their non-Lightning machinery: FSDP2, vLLM engine, optimizer,
+datasets, R_φ collators) -> ``rl`` (pure maths) / ``models`` (factory) / ``data``; ``report`` reads MLflow and
+saved artifacts and never trains; ``utils`` sits under everything.
 
 Every ``import`` in ``src/medgr2`` (also those inside functions) is read with ``ast``; a forbidden edge fails
 with the file and the line.
@@ -11,39 +12,34 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "medgr2"
-PACKAGES = ("data", "evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "utils")
+PACKAGES = ("data", "evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training",
+            "utils")
 
 #: Which medgr2 packages each package must not import.
 FORBIDDEN: dict[str, set[str]] = {
     # Pure maths on tensors: nothing of the project, and no Lightning (below).
     "rl": set(PACKAGES) - {"rl"},
     # The factory builds models from a spec; the tokenizer corpus is passed in, so it knows no data set.
-    "models": {"data", "evaluation", "generation", "modules", "pipeline", "report", "rl"},
+    "models": {"data", "evaluation", "generation", "modules", "pipeline", "report", "rl", "training"},
     # Records, prompts, selection: no model, no training.
-    "data": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl"},
+    "data": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training"},
     # Evaluation runs a model's generate(): it may use the factory's decoding settings, nothing that trains.
-    "evaluation": {"generation", "modules", "pipeline", "report"},
-    "generation": {"evaluation", "modules", "pipeline", "report", "rl"},
+    "evaluation": {"generation", "modules", "pipeline", "report", "training"},
+    "generation": {"evaluation", "modules", "pipeline", "report", "rl", "training"},
+    # What the LightningModules run on, below them: no module, no stage, no generator or evaluation.
+    "training": {"evaluation", "generation", "modules", "pipeline", "report"},
     "modules": {"pipeline", "report"},
     "pipeline": {"report"},
     # Reads MLflow and saved artifacts (CSV, JSON): it never builds a model or runs a stage.
-    "report": {"generation", "models", "modules", "pipeline"},
+    "report": {"generation", "models", "modules", "pipeline", "training"},
     # Under everything (utils.cli checks config values with data's validators before a stage starts).
-    "utils": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl"},
+    "utils": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training"},
 }
 #: Third-party packages a layer must not import.
 FORBIDDEN_LIBS: dict[str, set[str]] = {
     "rl": {"lightning", "pytorch_lightning", "transformers", "datasets", "mlflow", "hydra"},
     "report": {"lightning", "torch", "transformers"},
-}
-#: Known violations owned by other branches of this change, to be removed once they are merged:
-#: (importing file, imported package).
-KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
-    ("models/factory.py", "data"),            # tokenizer corpus from data.synthmed (issue 14's branch, helper A)
-    ("modules/vllm_rollouts.py", "generation"),  # generation.local's vLLM glue (issue 18's branch, helper B)
 }
 
 
@@ -70,8 +66,7 @@ def _violations() -> list[str]:
         for line, module in _imports(path):
             parts = module.split(".")
             if parts[0] == "medgr2" and len(parts) > 1 and parts[1] in FORBIDDEN[layer]:
-                if (rel, parts[1]) not in KNOWN_EXCEPTIONS:
-                    found.append(f"{rel}:{line} imports {module} ({layer} must not import {parts[1]})")
+                found.append(f"{rel}:{line} imports {module} ({layer} must not import {parts[1]})")
             elif parts[0] in FORBIDDEN_LIBS.get(layer, set()):
                 found.append(f"{rel}:{line} imports {module} ({layer} must not import {parts[0]})")
     return found
@@ -86,8 +81,14 @@ def test_no_import_crosses_the_layers():
     assert _violations() == []
 
 
-@pytest.mark.parametrize("rel,package", sorted(KNOWN_EXCEPTIONS))
-def test_each_known_exception_still_exists(rel, package):
-    # Once the owning branch fixes it, the exception must go too (or it would hide a new violation).
-    imported = {m.split(".")[1] for _, m in _imports(SRC / rel) if m.startswith("medgr2.")}
-    assert package in imported, f"{rel} no longer imports medgr2.{package}: remove it from KNOWN_EXCEPTIONS"
+def test_lightning_modules_live_in_modules_only():
+    # modules/ is the LightningModule layer; the machinery they run on sits in training/ (and below).
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
+                if "LightningModule" in bases and not rel.startswith("modules/"):
+                    found.append(f"{rel}: {node.name}")
+    assert found == []

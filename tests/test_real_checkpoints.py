@@ -114,7 +114,9 @@ def test_grpo_with_repeat_rollouts_runs_on_the_untied_7b_layout(real_ckpts, tmp_
 
 
 def test_reward_model_on_the_real_layout_exports_and_scores_the_same_after_reload(real_ckpts, tmp_path):
-    from medgr2.modules.reward import RewardRegressor, RewardScorer, reward_item
+    from medgr2.data.reward_items import reward_item
+    from medgr2.modules.reward import RewardRegressor
+    from medgr2.modules.reward_scorer import RewardScorer
 
     spec = {"name": "qwen2_5_vl_3b", "path": str(real_ckpts["3b"]), "dtype": "float32", "image_size": 56,
             "lora": {"enabled": True, "r": 4, "alpha": 8}}
@@ -124,7 +126,7 @@ def test_reward_model_on_the_real_layout_exports_and_scores_the_same_after_reloa
         torch.nn.init.normal_(p, std=0.5)
     rows = [{**make_item(SynthMedConfig(), "train", i), "response": f"<think>x</think><answer>{'ABCD'[i]}</answer>"}
             for i in range(3)]
-    from medgr2.modules.reward_collate import RewardCollator
+    from medgr2.training.reward_collate import RewardCollator
 
     items = [{**reward_item(r), "score_target": 10.0 - 5.0 * i} for i, r in enumerate(rows)]
     batch = RewardCollator(module.processor)(items)

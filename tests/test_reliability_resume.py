@@ -83,7 +83,7 @@ def reference_scores(rm_export, shared_cache, tmp_path_factory):
 def _kill_in_scoring_call(n: int) -> Callable[[], None]:
     """SIGKILL inside the n-th scorer call (chunks before it are saved, this one is lost)."""
     def patch():
-        from medgr2.modules.reward import RewardScorer
+        from medgr2.modules.reward_scorer import RewardScorer
 
         orig, calls = RewardScorer.score, [0]
 

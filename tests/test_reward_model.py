@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from medgr2.data.grading import GradeConfig, build_graded
+from medgr2.data.reward_items import resolved_answer, reward_item
 from medgr2.data.synthmed import SynthMedConfig, make_item
-from medgr2.modules.reward import (
-    HEAD_CONFIG,
-    RewardCollator,
-    RewardRegressor,
-    RewardScorer,
-    last_token_index,
-    load_reward_model,
-    pool_hidden,
-    resolved_answer,
-    reward_item,
-)
+from medgr2.models.reward_head import last_token_index, pool_hidden
+from medgr2.modules.reward import HEAD_CONFIG, RewardRegressor, load_reward_model
+from medgr2.modules.reward_scorer import RewardScorer
+from medgr2.training.reward_collate import RewardCollator
 
 # No synonym grade here: these tests are about the model, not WordNet (test_grading covers the grades).
 GRADES = ("original", "deletion", "irrelevant")

@@ -47,10 +47,11 @@ def test_pair_rows_grade_a_right_and_a_wrong_rollout_of_the_same_prompt():
 
 
 def test_sample_rollouts_give_n_graded_samples_per_prompt(shared_cache):
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import load_vlm
 
     spec = {"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(shared_cache)}
-    model, processor = load_vlm(spec, lora=False)
+    model, processor = load_vlm(spec, lora=False, corpus_fn=tokenizer_corpus)
     rows = recs(3)
     out = sample_rollouts(model, processor, rows, n=3, instruction="Answer.", max_new_tokens=6, batch_size=2)
     assert [len(g) for g in out] == [3, 3, 3]
@@ -61,7 +62,8 @@ def test_sample_rollouts_give_n_graded_samples_per_prompt(shared_cache):
 
 
 def test_ranking_accuracy_compares_the_scorers_scores_of_right_and_wrong_rollouts(shared_cache):
-    from medgr2.modules.reward import RewardRegressor, RewardScorer
+    from medgr2.modules.reward import RewardRegressor
+    from medgr2.modules.reward_scorer import RewardScorer
 
     torch.manual_seed(0)
     spec = {"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(shared_cache)}

@@ -16,15 +16,13 @@ from PIL import Image
 
 from medgr2.data.collate import MODEL_KEYS
 from medgr2.data.grading import GradeConfig, build_graded
+from medgr2.data.reward_items import reward_item
 from medgr2.data.synthmed import SynthMedConfig, make_item
-from medgr2.modules.reward import (
-    RewardCollator,
-    RewardRegressor,
-    RewardScorer,
-    ScoringCache,
-    ScoringCollator,
-    reward_item,
-)
+from medgr2.modules.reward import RewardRegressor
+from medgr2.modules.reward_scorer import RewardScorer
+from medgr2.training.reward_collate import RewardCollator
+from medgr2.training.scoring_cache import ScoringCache
+from medgr2.training.scoring_collate import ScoringCollator
 
 KEYS = (*MODEL_KEYS, "labels")
 
@@ -138,7 +136,7 @@ def test_a_fast_path_that_disagrees_falls_back_to_the_processor(module, rows, mo
         return out
 
     monkeypatch.setattr(fast, "_fast", off_by_one)
-    with caplog.at_level(logging.WARNING, logger="medgr2.modules.reward"):
+    with caplog.at_level(logging.WARNING, logger="medgr2.training.scoring_collate"):
         fast(items[:3])
     assert not fast.enabled and "does not reproduce" in caplog.text
     same_batch(fast(items[3:]), want)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from medgr2.data.wordnet import WordNetNotFoundError, load_wordnet
-from medgr2.modules.reward import HEAD_CONFIG, RewardRegressor, RewardScorer
+from medgr2.modules.reward import HEAD_CONFIG, RewardRegressor
+from medgr2.modules.reward_scorer import RewardScorer
 from medgr2.pipeline import run
 from medgr2.pipeline.common import load_split
 from medgr2.pipeline.reward import graded_dataset_path, reward_model_path, score_dataset

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 from medgr2.data.collate import ChatCollator, vqa_item
 from medgr2.data.synthmed import SynthMedConfig, make_item
-from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
 from medgr2.pipeline import run
 from medgr2.pipeline.pretrain import base_weights
+from medgr2.training.item_dataset import ItemDataset
 
 
 def test_sft_lowers_the_loss_on_a_fixed_batch_and_changes_parameters(shared_cache):

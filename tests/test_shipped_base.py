@@ -107,9 +107,10 @@ def test_ship_base_pretrains_anew_and_later_runs_use_the_shipped_folder(make_cfg
     # Trained weights, not the random init of the tiny model it starts from.
     from safetensors.torch import load_file
 
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import ModelSpec, resolve_model_path
 
-    init = load_file(str(Path(resolve_model_path(ModelSpec.from_config(cfg.model))) / "model.safetensors"))
+    init = load_file(str(Path(resolve_model_path(ModelSpec.from_config(cfg.model), tokenizer_corpus)) / "model.safetensors"))
     trained = load_file(str(path / "model.safetensors"))
     assert init.keys() == trained.keys()
     assert any(not init[k].equal(trained[k]) for k in init)

@@ -7,7 +7,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from medgr2.data.collate import ChatCollator, model_inputs, vqa_item
-from medgr2.data.synthmed import SynthMedConfig, make_item
+from medgr2.data.synthmed import SynthMedConfig, make_item, tokenizer_corpus
 from medgr2.models.factory import ModelSpec, load_vlm, resolve_model_path
 from medgr2.models.tiny import TinyQwen2_5_VLProcessor
 
@@ -17,7 +17,7 @@ SPEC = {"name": "tiny_vlm", "tiny": {}, "image_size": 56}
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     cache = tmp_path_factory.mktemp("tiny")
-    model, processor = load_vlm({**SPEC, "cache_dir": str(cache)})
+    model, processor = load_vlm({**SPEC, "cache_dir": str(cache)}, corpus_fn=tokenizer_corpus)
     return model, processor, cache
 
 
@@ -34,15 +34,15 @@ def test_round_trip_loads_real_classes_and_a_processor_with_images(tiny):
     # Without the AutoProcessor registration a bare tokenizer comes back and images are silently dropped.
     assert isinstance(processor, TinyQwen2_5_VLProcessor)
     assert processor.image_processor is not None
-    path = resolve_model_path(ModelSpec.from_config({**SPEC, "cache_dir": str(cache)}))
+    path = resolve_model_path(ModelSpec.from_config({**SPEC, "cache_dir": str(cache)}), tokenizer_corpus)
     reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
     for (n1, p1), (_, p2) in zip(model.named_parameters(), reloaded.named_parameters(), strict=True):
         assert torch.equal(p1, p2), n1
 
 
 def test_building_the_tiny_model_is_deterministic(tmp_path):
-    a, _ = load_vlm({**SPEC, "cache_dir": str(tmp_path / "a")})
-    b, _ = load_vlm({**SPEC, "cache_dir": str(tmp_path / "b")})
+    a, _ = load_vlm({**SPEC, "cache_dir": str(tmp_path / "a")}, corpus_fn=tokenizer_corpus)
+    b, _ = load_vlm({**SPEC, "cache_dir": str(tmp_path / "b")}, corpus_fn=tokenizer_corpus)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
@@ -83,7 +83,8 @@ def test_forward_backward_and_generate_with_an_image(tiny, batch):
 
 def test_lora_trains_only_the_adapters(tiny, batch):
     _, _, cache = tiny
-    model, _ = load_vlm({**SPEC, "cache_dir": str(cache), "lora": {"enabled": True, "r": 4, "alpha": 8}})
+    model, _ = load_vlm({**SPEC, "cache_dir": str(cache), "lora": {"enabled": True, "r": 4, "alpha": 8}},
+                        corpus_fn=tokenizer_corpus)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -102,7 +103,7 @@ def test_four_bit_on_cpu_fails_with_a_clear_message(tiny):
     if torch.cuda.is_available():
         pytest.skip("4-bit is allowed on GPU")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        load_vlm({**SPEC, "cache_dir": str(cache), "quantization": "4bit"})
+        load_vlm({**SPEC, "cache_dir": str(cache), "quantization": "4bit"}, corpus_fn=tokenizer_corpus)
 
 
 def test_rope_sections_follow_the_head_size_and_a_wrong_one_is_a_clear_error():
@@ -112,3 +113,10 @@ def test_rope_sections_follow_the_head_size_and_a_wrong_one_is_a_clear_error():
     assert sum(TinyVLMSpec(hidden_size=96).rope_sections()) == 12
     with pytest.raises(ValueError, match="must sum to head_dim/2 = 12"):
         TinyVLMSpec(hidden_size=96, mrope_section=[2, 3, 3]).rope_sections()
+
+
+def test_the_factory_needs_the_tiny_tokenizer_corpus_from_its_caller(tmp_path):
+    # models/ knows no data set: without a corpus it says what to pass instead of building something else.
+    with pytest.raises(ValueError, match=r"pass its tokenizer corpus \(corpus_fn=") as err:
+        resolve_model_path(ModelSpec.from_config({**SPEC, "cache_dir": str(tmp_path)}))
+    assert "\n" not in str(err.value) and not any(tmp_path.iterdir())

@@ -14,6 +14,7 @@ from typing import Any
 from medgr2.generation._util import image_bytes, to_pil
 from medgr2.generation.backends import GenRequest, GenResult
 from medgr2.generation.prompts import to_json_schema
+from medgr2.utils.optional import VLLM_HINT, VLLMNotInstalledError
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +158,6 @@ def _device_of(model: Any) -> Any:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return "cpu"
-
-
-class VLLMNotInstalledError(ImportError):
-    """vLLM is an optional, GPU-only dependency."""
-
-
-VLLM_HINT = "vLLM is not installed: pip install medgr2[vllm] on a GPU machine (or use backend=hf on CPU)"
 
 
 class VLLMBackend:

@@ -4,6 +4,9 @@ Every stage gets its VLM from :func:`load_vlm`. The tiny embedded model is built
 (keyed by a hash of its spec and tokenizer corpus) and then loaded through exactly the same
 ``from_pretrained`` / ``AutoProcessor`` path that a hub id or a local checkpoint of
 ``Qwen/Qwen2.5-VL-3B-Instruct`` takes; the processor comes from :mod:`medgr2.models.processor`.
+
+The factory knows no data set: building the tiny model needs the text its tokenizer is trained on, which the
+caller passes as ``corpus_fn`` (the project's is :func:`medgr2.data.synthmed.tokenizer_corpus`).
 """
 
 from __future__ import annotations
@@ -85,15 +88,17 @@ def _tiny_key(spec: TinyVLMSpec, corpus: list[str]) -> str:
 
 
 def resolve_model_path(spec: ModelSpec, corpus_fn: Callable[[], Iterable[str]] | None = None) -> str:
-    """The ``from_pretrained`` path for a spec, building the tiny model into the cache if needed."""
+    """The ``from_pretrained`` path for a spec, building the tiny model into the cache if needed.
+
+    ``corpus_fn`` returns the tiny tokenizer's training text; it is needed (and read) only for a tiny spec.
+    """
     if spec.path:
         return spec.path
     if spec.tiny is None:
         raise ValueError(f"model {spec.name!r}: set model.path (hub id or folder) or model.tiny")
     if corpus_fn is None:
-        from medgr2.data.synthmed import tokenizer_corpus
-
-        corpus_fn = tokenizer_corpus
+        raise ValueError(f"model {spec.name!r} is the embedded tiny model: pass its tokenizer corpus "
+                         "(corpus_fn=medgr2.data.synthmed.tokenizer_corpus)")
     corpus = list(corpus_fn())
     path = Path(spec.cache_dir) / "models" / f"tiny_vlm-{_tiny_key(spec.tiny, corpus)}"
     if not (path / "config.json").exists():
@@ -132,17 +137,20 @@ def apply_lora(model, lora: LoraSpec):
     return get_peft_model(model, cfg)
 
 
-def load_vlm(spec: ModelSpec | Any, weights: str | None = None, corpus_fn=None, lora: bool | None = None):
+def load_vlm(spec: ModelSpec | Any, weights: str | None = None,
+             corpus_fn: Callable[[], Iterable[str]] | None = None, lora: bool | None = None):
     """Return ``(model, processor)`` for a model spec.
 
-    ``weights`` overrides where the weights come from (a folder written by ``save_pretrained``, e.g. the
-    cached pretrained base or an SFT export), keeping the processor of the spec's checkpoint.
-    ``lora`` overrides ``spec.lora.enabled``.
+    ``weights`` overrides where the weights come from (a folder written by ``save_pretrained`` with its
+    processor, e.g. the cached pretrained base or an SFT export); the spec's pixel settings still apply.
+    ``corpus_fn``: the tiny tokenizer's corpus (:func:`resolve_model_path`), needed only to build a tiny model,
+    i.e. for a tiny spec without ``weights``. ``lora`` overrides ``spec.lora.enabled``.
     """
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec.from_config(spec)
-    base_path = resolve_model_path(spec, corpus_fn)
-    processor = load_processor(weights or base_path, spec.image_size, spec.min_pixels, spec.max_pixels,
+    # With weights the spec's own checkpoint is never read (model and processor come from the weights folder).
+    base_path = weights or resolve_model_path(spec, corpus_fn)
+    processor = load_processor(base_path, spec.image_size, spec.min_pixels, spec.max_pixels,
                                spec.trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": DTYPES[spec.dtype]}
     if spec.attn_implementation:
@@ -150,7 +158,7 @@ def load_vlm(spec: ModelSpec | Any, weights: str | None = None, corpus_fn=None, 
     qcfg = _quantization_config(spec.quantization)
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(weights or base_path, **kwargs)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_path, **kwargs)
     use_lora = spec.lora.enabled if lora is None else lora
     if qcfg is not None:
         from peft import prepare_model_for_kbit_training

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from medgr2.data.collate import ChatCollator
-from medgr2.modules import sharding
 from medgr2.modules.grpo_config import GRPOConfig
 from medgr2.modules.grpo_rewards import (
     HackingMonitor,
@@ -41,13 +40,14 @@ from medgr2.modules.grpo_rewards import (
 )
 from medgr2.modules.grpo_rollouts import RolloutMixin, Rollouts, completion_mask, sample_tokens
 from medgr2.modules.sft import VLMModule
-from medgr2.modules.vllm_rollouts import VLLMRollouts, require_vllm
 from medgr2.rl.advantages import global_reward_std, group_advantages
 from medgr2.rl.diagnostics import group_std, zero_advantage_fraction
 from medgr2.rl.difficulty import informative_fraction, informative_groups, kept_rows
 from medgr2.rl.importance import importance_weight_stats, truncated_importance_weights
 from medgr2.rl.loss import grpo_loss_with_stats
 from medgr2.rl.preference_pairs import pairwise_ranking_accuracy
+from medgr2.training import sharding
+from medgr2.training.vllm_rollouts import VLLMRollouts, require_vllm
 
 __all__ = ["GRPOConfig", "GRPOPolicy", "HackingMonitor", "RewardFn", "RewardHackingWarning", "Rollouts",
            "completion_mask", "reward_model_fn", "sample_tokens"]

@@ -38,9 +38,9 @@ def reward_model_fn(source: Any, instruction: str = SHORT_INSTRUCTION, batch_siz
         scorer = source
     else:
         try:
-            from medgr2.modules.reward import RewardScorer
+            from medgr2.modules.reward_scorer import RewardScorer
         except ImportError as err:
-            msg = (f"stage.reward_model={source!r} is set but medgr2.modules.reward.RewardScorer cannot be "
+            msg = (f"stage.reward_model={source!r} is set but medgr2.modules.reward_scorer.RewardScorer cannot be "
                    f"imported ({err}); GRPO falls back to the match (+format) reward WITHOUT R_phi (alpha term = "
                    "0). Set stage.reward_model=null to silence this.")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)

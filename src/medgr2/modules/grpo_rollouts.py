@@ -9,7 +9,7 @@ sampled tokens under ``logits / temperature``:
 - ``expand`` (default): each prompt is encoded and prefilled once; its KV cache is expanded to its G rows and the
   N = B*G rows are decoded together (~0.7x the time of ``repeat`` on the tiny VLM, one CPU thread);
 - ``repeat``: ``model.generate`` on G copies of each prompt (TRL's way);
-- ``vllm``: an in-process vLLM engine (:mod:`medgr2.modules.vllm_rollouts`, GPU), whose log-probs of the sampled
+- ``vllm``: an in-process vLLM engine (:mod:`medgr2.training.vllm_rollouts`, GPU), whose log-probs of the sampled
   tokens come back too, for the truncated importance-sampling correction.
 """
 
@@ -25,7 +25,9 @@ from torch import Tensor
 
 from medgr2.data.collate import model_inputs, to_rgb
 from medgr2.data.prompting import user_text
-from medgr2.modules import sharding
+from medgr2.models.adapters import unwrap
+from medgr2.models.decoding import sampling
+from medgr2.training import sharding
 
 
 def sample_tokens(logits: Tensor, temperature: float, top_p: float, top_k: int = 0) -> Tensor:
@@ -81,7 +83,7 @@ class RolloutMixin:
 
     def _hf(self):
         """The underlying ``Qwen2_5_VLForConditionalGeneration`` (inside a peft wrapper if LoRA)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return unwrap(self.model)
 
     def prompt_items(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """The chat items (image + user text) of B records: one source for the HF and the vLLM prompts."""
@@ -149,12 +151,13 @@ class RolloutMixin:
     def _sample(self, prompt: Mapping[str, Tensor], prompt_pos: Tensor) -> Tensor:
         rc = self.cfg.rollout
         if rc.rollout == "repeat":
-            # Every sampling knob explicitly: generate() otherwise applies the checkpoint's generation_config
-            # (Qwen2.5-VL ships repetition_penalty 1.05), and the loss would score another distribution.
+            # Every sampling knob explicitly (models/decoding.py): generate() otherwise applies the checkpoint's
+            # generation_config (Qwen2.5-VL ships repetition_penalty 1.05), and the loss would score another
+            # distribution.
             out = self.model.generate(
-                **prompt, do_sample=True, temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                repetition_penalty=rc.repetition_penalty, max_new_tokens=rc.max_new_tokens,
-                num_return_sequences=self.G, pad_token_id=self.pad_id, eos_token_id=self.eos_ids.tolist())
+                **prompt, **sampling(rc.temperature, rc.top_p, rc.top_k, rc.repetition_penalty),
+                max_new_tokens=rc.max_new_tokens, num_return_sequences=self.G, pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids.tolist())
             return out[:, prompt["input_ids"].shape[1]:]  # (N, Tc)
         return self._generate_expand(prompt, prompt_pos)
 
@@ -214,7 +217,7 @@ class RolloutMixin:
 
     def _completion_logps(self, model, ro: Rollouts, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         G, p = self.G, ro.prompt
-        hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hf = unwrap(model)
         Tp, Tc = p["input_ids"].shape[1], ro.completion_ids.shape[1]
         ids = torch.cat([p["input_ids"].repeat_interleave(G, dim=0), ro.completion_ids], dim=1)  # (N, T)
         attn = torch.cat([p["attention_mask"].repeat_interleave(G, dim=0),

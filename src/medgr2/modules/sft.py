@@ -12,10 +12,11 @@ import lightning as L
 import torch
 
 from medgr2.data.collate import model_inputs
+from medgr2.data.synthmed import tokenizer_corpus
 from medgr2.models.factory import ModelSpec, count_parameters, load_vlm
-from medgr2.modules import sharding
-from medgr2.modules.optim import adamw_warmup_cosine
 from medgr2.rl.lm_loss import answer_nll, answer_window, choice_token_stats, letter_stats
+from medgr2.training import sharding
+from medgr2.training.optim import adamw_warmup_cosine
 
 
 def sft_forward(model, batch: dict[str, torch.Tensor], answer_only: bool = True
@@ -47,7 +48,7 @@ class VLMModule(L.LightningModule):
         # second module in the same run (pretraining inside SFT) would clash with these.
         self.save_hyperparameters(logger=False)
         self.spec = ModelSpec.from_config(model)
-        self.model, self.processor = load_vlm(self.spec, weights=weights, lora=lora)
+        self.model, self.processor = load_vlm(self.spec, weights=weights, corpus_fn=tokenizer_corpus, lora=lora)
         total, trainable = count_parameters(self.model)
         self.n_params, self.n_trainable = total, trainable
 
@@ -56,7 +57,7 @@ class VLMModule(L.LightningModule):
         """Shard the VLM with FSDP2 when the trainer's strategy is a ``ModelParallelStrategy``; otherwise nothing.
 
         Lightning calls this on every rank after the process group exists and before the optimizers are built
-        (see :mod:`medgr2.modules.sharding`). Idempotent.
+        (see :mod:`medgr2.training.sharding`). Idempotent.
         """
         opts = sharding.sharding_options(self)
         if opts is None or sharding.is_sharded(self.model):
@@ -78,7 +79,8 @@ class VLMModule(L.LightningModule):
 
     def _rebuild_model(self) -> torch.nn.Module:
         """A fresh unsharded model of this module's structure (weights are overwritten by the caller)."""
-        return load_vlm(self.spec, weights=self.hparams.weights, lora=self.hparams.lora)[0]
+        return load_vlm(self.spec, weights=self.hparams.weights, corpus_fn=tokenizer_corpus,
+                        lora=self.hparams.lora)[0]
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -51,9 +51,10 @@ def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Pat
 
 
 def run_evaluate(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import load_vlm
     from medgr2.pipeline.pretrain import base_weights
 
     weights = cfg.evaluate.get("weights") or base_weights(cfg, tracker)
-    model, processor = load_vlm(cfg.model, weights=weights, lora=False)
+    model, processor = load_vlm(cfg.model, weights=weights, corpus_fn=tokenizer_corpus, lora=False)
     return evaluate_model(cfg, model, processor, tracker, output_dir(cfg))

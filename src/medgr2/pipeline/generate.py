@@ -75,12 +75,13 @@ def make_generator(cfg: DictConfig):
     name = str(g.pop("name"))
     if name != "hf":
         return make_backend(name, **g)
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import load_vlm
     from medgr2.pipeline.pretrain import base_weights
 
     weights = g.pop("weights", None) or base_weights(cfg)
     # No LoRA wrapper for generation: a distilled generator is exported with its adapters merged.
-    model, processor = load_vlm(to_dict(cfg.model), weights=weights, lora=False)
+    model, processor = load_vlm(to_dict(cfg.model), weights=weights, corpus_fn=tokenizer_corpus, lora=False)
     model.eval()
     if weights:
         label = f"{Path(weights).resolve()}#{_weights_stamp(weights)}"  # provenance + resume identity
@@ -317,9 +318,9 @@ def distill_generator(cfg: DictConfig, tracker: Tracker, selected_ds: datasets.D
     ``generator=hf generator.weights=<folder>`` generates from.
     """
     from medgr2.data.collate import ChatCollator
-    from medgr2.modules.data import ItemDataset
     from medgr2.modules.sft import SFTPolicy
     from medgr2.pipeline.pretrain import base_weights
+    from medgr2.training.item_dataset import ItemDataset
 
     d = _distill_settings(cfg)
     rows = selected_ds

@@ -12,7 +12,6 @@ import datasets
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
-from medgr2.modules.data import ItemDataset
 from medgr2.modules.grpo import GRPOPolicy
 from medgr2.modules.grpo_config import GRPOConfig
 from medgr2.modules.grpo_resume import GRPOResumeState, ResumableSampler
@@ -20,6 +19,7 @@ from medgr2.pipeline.common import build_trainer, output_dir, stage_rows, to_dic
 from medgr2.pipeline.evaluate import evaluate_model
 from medgr2.pipeline.pretrain import _instruction, base_weights
 from medgr2.pipeline.tracking import Tracker
+from medgr2.training.item_dataset import ItemDataset
 
 log = logging.getLogger(__name__)
 

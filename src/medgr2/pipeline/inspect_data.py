@@ -21,6 +21,7 @@ def _sequence_report(cfg: DictConfig, records) -> dict | None:
     model's processor cannot be loaded, e.g. a hub id on an offline machine)."""
     from transformers import AutoConfig
 
+    from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import ModelSpec, resolve_model_path
     from medgr2.models.processor import load_processor
     from medgr2.pipeline.pretrain import _instruction
@@ -28,7 +29,7 @@ def _sequence_report(cfg: DictConfig, records) -> dict | None:
 
     spec = ModelSpec.from_config(cfg.model)
     try:
-        path = resolve_model_path(spec)
+        path = resolve_model_path(spec, tokenizer_corpus)
         processor = load_processor(path, spec.image_size, spec.min_pixels, spec.max_pixels, spec.trust_remote_code)
         vocab = AutoConfig.from_pretrained(path).get_text_config().vocab_size  # the LM head's rows
     except (OSError, ValueError) as exc:

@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 from medgr2.data.collate import ChatCollator
 from medgr2.data.prompting import split_rationale, user_text
 from medgr2.data.synthmed import describe
-from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
 from medgr2.pipeline.common import (
     build_trainer,
@@ -43,6 +42,7 @@ from medgr2.pipeline.common import (
     to_dict,
 )
 from medgr2.pipeline.tracking import Tracker
+from medgr2.training.item_dataset import ItemDataset
 from medgr2.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -187,7 +187,7 @@ def wrong_letter_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0, target: 
     :func:`rng_for` ``(seed, source_id, "wrong_letter")``, so a probe and a hard negative of the same record
     are the same text.
     """
-    from medgr2.modules.reward import PROBE_GRADE
+    from medgr2.data.reward_items import PROBE_GRADE
 
     out = []
     for row in rows:
@@ -246,7 +246,7 @@ def reward_model_path(cfg: DictConfig, r: DictConfig | None = None) -> Path:
 
 
 def _training_item(row: Mapping[str, Any], instruction: str, resolve_letter: bool) -> dict[str, Any]:
-    from medgr2.modules.reward import reward_item
+    from medgr2.data.reward_items import reward_item
 
     item = reward_item(row, instruction, resolve_letter=resolve_letter)
     item.update(score_target=float(row["target"]), grade=row["grade"], source_id=row["source_id"])
@@ -309,9 +309,11 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
     """Train R_φ with settings ``r``; export to ``out/reward_model`` and the cache. Returns metrics, cache path."""
     from torch.utils.data import DataLoader
 
-    from medgr2.modules.data import ItemDataset
-    from medgr2.modules.reward import RewardCollator, RewardScorer, reward_metrics
+    from medgr2.modules.reward import reward_metrics
+    from medgr2.modules.reward_scorer import RewardScorer
     from medgr2.pipeline.common import build_trainer
+    from medgr2.training.item_dataset import ItemDataset
+    from medgr2.training.reward_collate import RewardCollator
 
     if r.get("train_data"):
         rows = datasets.load_from_disk(str(r.train_data))
@@ -506,7 +508,7 @@ def run_score(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
 def score_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
     """Score ``stage.input`` (or the benchmark split) with R_φ; returns (metrics, scored dataset folder)."""
-    from medgr2.modules.reward import RewardScorer
+    from medgr2.modules.reward_scorer import RewardScorer
 
     s = cfg.stage
     model_path = Path(s.model) if s.get("model") else ensure_reward_model(cfg, tracker)

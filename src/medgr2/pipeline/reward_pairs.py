@@ -156,7 +156,7 @@ def rollout_preferences(cfg, t: int, model, processor, prompts: Sequence[Mapping
 def heldout_ranking_metrics(before: str, after: str, heldout, batch_size: int = 32) -> dict[str, float]:
     """``rm/policy_pair_acc_{before,after}`` (and the pair count): R_φ^t and R_φ^{t+1} ranking the policy's right
     vs wrong rollouts of held-out prompts."""
-    from medgr2.modules.reward import RewardScorer
+    from medgr2.modules.reward_scorer import RewardScorer
 
     rows, rollouts = heldout
     metrics: dict[str, float] = {}

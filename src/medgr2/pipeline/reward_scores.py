@@ -22,7 +22,7 @@ SCORES_FILE = "reward_scores.csv"
 def held_out_scores(cfg: DictConfig, model: str | Path) -> pd.DataFrame:
     """Scores of R_φ ``model`` on the held-out D_grade rows (+ wrong-letter probes) for config ``cfg``."""
     from medgr2.data.grading import GRADES
-    from medgr2.modules.reward import RewardScorer
+    from medgr2.modules.reward_scorer import RewardScorer
     from medgr2.pipeline.reward import build_grade_dataset, split_by_source, wrong_letter_probes
 
     r = cfg.stage

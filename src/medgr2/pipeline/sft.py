@@ -9,13 +9,13 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from medgr2.data.collate import ChatCollator, vqa_item
-from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
 from medgr2.pipeline.common import build_trainer, load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.common import instruction as config_instruction
 from medgr2.pipeline.evaluate import evaluate_model
 from medgr2.pipeline.pretrain import base_weights
 from medgr2.pipeline.tracking import Tracker
+from medgr2.training.item_dataset import ItemDataset
 
 log = logging.getLogger(__name__)
 

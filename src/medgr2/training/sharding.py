@@ -334,7 +334,7 @@ class ShardingAudit(L.Callback):
     at the start and end of training, the loss values logged each step, the steps run.
 
     For tests and for checking a new cluster set-up: add it with
-    ``+callbacks.shard_audit._target_=medgr2.modules.sharding.ShardingAudit +callbacks.shard_audit.out_dir=DIR``.
+    ``+callbacks.shard_audit._target_=medgr2.training.sharding.ShardingAudit +callbacks.shard_audit.out_dir=DIR``.
     """
 
     def __init__(self, out_dir: str | Path):

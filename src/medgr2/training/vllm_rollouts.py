@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from medgr2.generation.local import VLLM_HINT, VLLMNotInstalledError
+from medgr2.models.adapters import unwrap
+from medgr2.utils.optional import VLLM_HINT, VLLMNotInstalledError
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,6 @@ def require_vllm() -> None:
 
 
 # ============================================================================================ weights
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The HF model inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _full(t: Tensor) -> Tensor:
@@ -138,7 +134,7 @@ def policy_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     Tensors are detached; unsharded, unmerged ones are the live parameters (no copy), so consume each before the
     next optimizer step. Shapes and dtypes are those of the parameters.
     """
-    hf = _unwrap(model)
+    hf = unwrap(model)
     lora = _lora_layers(hf)
     tied = set(getattr(hf, "_tied_weights_keys", None) or ())
     # plain name -> (tensor, LoRA layer whose merged weight it is, or None)
@@ -181,7 +177,7 @@ def write_engine_checkpoint(model: nn.Module, processor: Any, folder: str | Path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    hf = _unwrap(model)
+    hf = unwrap(model)
     config = copy.deepcopy(hf.config)
     config.architectures = [type(hf).__name__]  # vLLM picks its model class from this
     config.save_pretrained(folder)

@@ -1,21 +1,16 @@
-# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
-"""Collating reward-model items: :class:`RewardCollator` for training, :class:`ScoringCollator` for scoring.
+"""Fast collation for R_φ scoring: :class:`ScoringCollator` makes the tensors of
+:class:`~medgr2.training.reward_collate.RewardCollator`, bit for bit, at a fraction of the cost.
 
-Scoring (``stage=score``, GRPO's R_φ term) spends much of its time turning items into tensors; the scoring
-collator produces the same tensors as the processor at a fraction of the cost and checks that it does
-(see its docstring). ``_prefetched`` runs a collator one batch ahead in a thread where that pays.
+Scoring (``stage=score``, GRPO's R_φ term) spends much of its time turning items into tensors; this collator
+checks that it reproduces the processor (see its docstring). :mod:`medgr2.training.prefetch` runs it one batch
+ahead in a thread where that pays.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import queue
 import sys
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,89 +18,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from medgr2.data.collate import IGNORE, MODEL_KEYS, ChatCollator
+from medgr2.data.collate import IGNORE, MODEL_KEYS
+from medgr2.training.reward_collate import RewardCollator
+from medgr2.training.scoring_cache import ScoringCache
 
 log = logging.getLogger(__name__)
-
-
-class RewardCollator:
-    """:class:`ChatCollator` batch + ``target`` ``(B,)`` float (NaN where unknown), ``grade`` and ``source_id``
-    lists (strings stay lists: validation groups by them)."""
-
-    def __init__(self, processor, max_length: int | None = None):
-        self.chat = ChatCollator(processor, max_length=max_length)
-
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = self.chat(items)
-        batch["target"] = torch.tensor([float(it.get("score_target", math.nan)) for it in items])  # (B,)
-        batch["grade"] = [str(it.get("grade", "")) for it in items]
-        batch["source_id"] = [str(it.get("source_id", "")) for it in items]
-        return batch
-
-
-
-#: Bytes of pixel values :class:`ScoringCache` keeps per :meth:`RewardScorer.score` call (the G completions of
-#: one prompt, or the graded variants of one question, reuse one image; far-apart repeats are not worth the memory).
-PIXEL_CACHE_BYTES = 64 * 2**20
-#: Tokenized prompts :class:`ScoringCache` keeps per call (token-id lists: small).
-PROMPT_CACHE_ITEMS = 4096
-
-
-class ScoringCache:
-    """What one :meth:`RewardScorer.score` call has already computed, for its later batches (never across calls).
-
-    * ``pixels``: the processor-made pixel values of images, least recently used out past ``max_bytes``. Keyed
-      by the image's size and its RGB bytes themselves: a dict compares keys in full, so only identical pixels
-      share an entry, whatever Python object carries them (a ``datasets`` row decodes a new one each time).
-    * ``prompts``: token ids of prompt texts (everything before the response), least recently used out past
-      ``max_prompts``.
-    """
-
-    def __init__(self, max_bytes: int = PIXEL_CACHE_BYTES, max_prompts: int = PROMPT_CACHE_ITEMS):
-        self.max_bytes = int(max_bytes)
-        self.max_prompts = int(max_prompts)
-        self.pixels: OrderedDict[tuple, tuple[Tensor, tuple[int, int, int]]] = OrderedDict()
-        self.prompts: OrderedDict[str, list[int]] = OrderedDict()
-        self._bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple) -> tuple[Tensor, tuple[int, int, int]] | None:
-        """Pixels and grid of the image with content ``key``, or None."""
-        hit = self.pixels.get(key)
-        if hit is not None:
-            self.pixels.move_to_end(key)
-            self.hits += 1
-        else:
-            self.misses += 1
-        return hit
-
-    def put(self, key: tuple, patches: Tensor, grid: tuple[int, int, int]) -> None:
-        """Keep an image's pixels; the least recently used go once ``max_bytes`` is passed."""
-        size = patches.numel() * patches.element_size() + len(key[-1])
-        if size > self.max_bytes:
-            return
-        if patches.untyped_storage().nbytes() > patches.numel() * patches.element_size():
-            # A view into a whole batch's pixels would keep all of them alive and out of the byte count.
-            patches = patches.clone()
-        self.pixels[key] = (patches, grid)
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            old_key, (old, _) = self.pixels.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size() + len(old_key[-1])
-
-    def prompt_ids(self, texts: Sequence[str], encode) -> list[list[int]]:
-        """Token ids of ``texts`` (``encode(list of new texts)`` for the ones not seen yet), in order."""
-        new = [t for t in dict.fromkeys(texts) if t not in self.prompts]
-        for t, ids in zip(new, encode(new) if new else [], strict=True):
-            self.prompts[t] = ids
-        out = []
-        for t in texts:
-            self.prompts.move_to_end(t)
-            out.append(self.prompts[t])
-        while len(self.prompts) > self.max_prompts:
-            self.prompts.popitem(last=False)
-        return out
 
 
 class ScoringCollator:
@@ -400,66 +317,3 @@ class ScoringCollator:
                 self.enabled = False
             return ref
         return self._fast(items, cache)
-
-
-def prefetch_default(device: torch.device) -> bool:
-    """Whether :meth:`RewardScorer.score` collates in a second thread by default: on an accelerator, with 2+ cores.
-
-    There the forward waits on the device with the GIL released, so collating the next batch meanwhile is free.
-    On CPU it is off: torch's intra-op threads already claim the cores (``cpu_threads``), and a small model's
-    forward of many short kernels holds the GIL much of the time. Measured on the tiny VLM with one torch thread
-    on two busy cores, a collation thread made scoring slower, not faster (benchmarks/scoring.py).
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return device.type != "cpu" and cores >= 2
-
-
-_DONE = object()
-
-
-def _prefetched(source: Iterator[Any], torch_threads: int, depth: int = 2) -> Iterator[Any]:
-    """``source``'s values, produced ``depth`` ahead in a daemon thread; its exceptions re-raised here.
-
-    Worth it when the caller's thread spends its time waiting with the GIL released (on an accelerator, for the
-    device) and a core is free for this one; see :func:`prefetch_default`. Closing the generator (the consumer
-    stopped early or raised) stops the producer at its next batch.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        torch.set_num_threads(torch_threads)  # the caller's setting; a new thread would start from the default
-        try:
-            for value in source:
-                while not stop.is_set():
-                    try:
-                        q.put((True, value), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((True, _DONE))
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            q.put((False, err))
-
-    worker = threading.Thread(target=produce, name="reward-collate", daemon=True)
-    worker.start()
-    try:
-        while True:
-            ok, value = q.get()
-            if not ok:
-                raise value
-            if value is _DONE:
-                return
-            yield value
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(timeout=0.1)
