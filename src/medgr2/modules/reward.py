@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from medgr2.data.collate import IGNORE, model_inputs
+from medgr2.data.grade_config import PROBE_GRADE  # one owner of the grade names (data/)
 from medgr2.data.prompting import response_text, user_text
 from medgr2.data.schema import LETTERS
 from medgr2.evaluation.reward_metrics import (
@@ -67,8 +68,6 @@ from medgr2.modules.sft import VLMModule
 
 HEAD_WEIGHTS = "reward_head.safetensors"
 HEAD_CONFIG = "reward_head.json"
-#: Grade name of the pairwise probe rows: the reference rationale with a wrong answer letter.
-PROBE_GRADE = "wrong_letter"
 
 log = logging.getLogger(__name__)
 
