@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
 
-.PHONY: install demo test lint bench clean wordnet gpu-check base
+.PHONY: install demo test lint bench clean wordnet gpu-check base reward0
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ demo: $(STAMP)
 # after a change of the default model/data/pretrain config; tests/test_shipped_base.py says when it is due.
 base: $(STAMP)
 	$(BIN)/python train.py stage=pretrain stage.ship=true logger=none print_config=false
+
+# Rebuild R_φ^0 of the default config that the repository ships (src/medgr2/assets/reward/; 5-15 min on 2 cores, by
+# load), after `make base` or a change of the default reward config; tests/test_shipped_reward.py says when it is due.
+reward0: $(STAMP)
+	$(BIN)/python train.py stage=reward +stage.ship=true logger=none print_config=false
 
 # Two workers (pytest-xdist): most tests use one core, so the suite takes ~9 instead of ~16 minutes on 2 cores.
 test: $(STAMP)

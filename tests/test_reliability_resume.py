@@ -100,9 +100,9 @@ def _kill_in_scoring_call(n: int) -> Callable[[], None]:
 def _kill_while_writing_chunk(n: int) -> Callable[[], None]:
     """SIGKILL after half of chunk n's file was written under its temporary name."""
     def patch():
-        import medgr2.pipeline.reward as reward
+        import medgr2.pipeline.resumable_scoring as scoring
 
-        orig = reward.atomic_write_json
+        orig = scoring.atomic_write_json
 
         def write(path, obj):
             path = Path(path)
@@ -111,23 +111,23 @@ def _kill_while_writing_chunk(n: int) -> Callable[[], None]:
                 _die()
             orig(path, obj)
 
-        reward.atomic_write_json = write
+        scoring.atomic_write_json = write
     return patch
 
 
 def _kill_while_saving_the_output() -> Callable[[], None]:
     """SIGKILL after the scored dataset was saved to the temporary folder, before its rename."""
     def patch():
-        import medgr2.pipeline.reward as reward
+        import medgr2.pipeline.resumable_scoring as scoring
 
-        orig = reward.atomic_write_json
+        orig = scoring.atomic_write_json
 
         def write(path, obj):
-            if Path(path).name == reward.SCORE_META:
+            if Path(path).name == scoring.SCORE_META:
                 _die()
             orig(path, obj)
 
-        reward.atomic_write_json = write
+        scoring.atomic_write_json = write
     return patch
 
 

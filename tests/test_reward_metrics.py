@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from medgr2.data.grade_transforms import split_by_source, wrong_letter_probes
 from medgr2.evaluation.reward_metrics import (
     kendall,
     paired_scores,
@@ -15,7 +16,6 @@ from medgr2.evaluation.reward_metrics import (
     separation_accuracy,
     spearman,
 )
-from medgr2.pipeline.reward import split_by_source, wrong_letter_probes
 
 
 def test_spearman_by_hand() -> None:

@@ -15,7 +15,9 @@ from medgr2.modules.reward import HEAD_CONFIG, RewardRegressor
 from medgr2.modules.reward_scorer import RewardScorer
 from medgr2.pipeline import run
 from medgr2.pipeline.common import load_split
-from medgr2.pipeline.reward import graded_dataset_path, reward_model_path, score_dataset
+from medgr2.pipeline.grade import output_path as graded_dataset_path
+from medgr2.pipeline.resumable_scoring import score_dataset
+from medgr2.pipeline.reward import output_path as reward_model_path
 
 # Tiny everything; the raw tiny model (no pretrained base) is enough to exercise the wiring.
 SMALL = ["model.pretrain.enabled=false", "stage.source.size=24"]
@@ -37,6 +39,24 @@ def test_the_score_stage_finds_the_model_the_reward_stage_caches(make_cfg) -> No
     # Settings that change the weights change the key; progress knobs do not.
     assert reward_model_path(make_cfg("stage=score", "stage.rm.lr=0.5")) != reward_model_path(reward)
     assert reward_model_path(make_cfg("stage=reward", "stage.val_every=7")) == reward_model_path(reward)
+
+
+def test_the_default_configs_cache_keys_are_the_ones_existing_caches_were_built_with(tmp_path) -> None:
+    # Pinned from the code before pipeline/reward.py was split in three (issue 17): users' D_grade and R_φ^0
+    # caches, and the shipped R_φ^0, are found by these keys, so a refactoring must not move them.
+    from conftest import compose_cfg
+
+    from medgr2.pipeline.loop import sub_config
+    from medgr2.pipeline.reward import reward_key
+
+    cfg = compose_cfg(tmp_path, tmp_path / "cache", "logger=none", test_size=False)
+    r0 = sub_config(cfg, "reward", tmp_path / "r0")  # how the loop builds R_φ^0
+    assert reward_model_path(r0).name == "rm-96c430d0b7fb"
+    assert graded_dataset_path(r0, r0.stage).name == "dgrade-c90fc9184dc2"
+    for stage in ("reward", "score", "loop"):
+        assert reward_key(compose_cfg(tmp_path, tmp_path / "cache", f"stage={stage}", test_size=False)) == "96c430d0b7fb"
+    assert reward_key(compose_cfg(tmp_path, tmp_path / "cache", "stage=reward", "+stage.ship=true",
+                                  test_size=False)) == "96c430d0b7fb"  # shipping is not a training setting
 
 
 def _runs(cfg, stage: str):

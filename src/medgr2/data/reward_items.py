@@ -11,11 +11,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medgr2.data.grade_config import PROBE_GRADE  # noqa: F401 - re-exported: the grade names' one owner is grade_config
 from medgr2.data.prompting import response_text, user_text
 from medgr2.data.schema import LETTERS
-
-#: Grade name of the pairwise probe rows: the reference rationale with a wrong answer letter.
-PROBE_GRADE = "wrong_letter"
 
 _ANSWER_RE = re.compile(r"<answer>\s*([A-Za-z])\s*</answer>")
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from medgr2.data.collate import IGNORE, model_inputs
-from medgr2.data.reward_items import PROBE_GRADE
+from medgr2.data.grade_config import PROBE_GRADE  # one owner of the grade names (data/)
 from medgr2.evaluation.reward_metrics import (
     paired_scores,
     pairwise_accuracy,

@@ -16,11 +16,13 @@ log = logging.getLogger(__name__)
 def _stages() -> dict[str, Callable[[DictConfig, Tracker], dict[str, float]]]:
     from medgr2.pipeline.evaluate import run_evaluate
     from medgr2.pipeline.generate import run_distill, run_generate
+    from medgr2.pipeline.grade import run_grade
     from medgr2.pipeline.grpo import run_grpo
     from medgr2.pipeline.inspect_data import run_inspect
     from medgr2.pipeline.loop import run_loop
     from medgr2.pipeline.pretrain import run_pretrain_stage
-    from medgr2.pipeline.reward import run_grade, run_reward, run_score
+    from medgr2.pipeline.reward import run_reward
+    from medgr2.pipeline.score import run_score
     from medgr2.pipeline.select import run_select
     from medgr2.pipeline.sft import run_sft
 

@@ -297,7 +297,7 @@ class Loop:
                   gen_weights: str | None) -> dict[str, Any]:
         from medgr2.pipeline.generate import generate_candidates
         from medgr2.pipeline.grpo import train_grpo
-        from medgr2.pipeline.reward import score_candidates
+        from medgr2.pipeline.score import score_candidates
         from medgr2.pipeline.select import select_candidates
         from medgr2.pipeline.sft import train_sft
 
@@ -410,12 +410,13 @@ class Loop:
     def adapt_reward(self, t: int, tracker: Tracker, policy: str, rm_path: str, out: Path) -> tuple[dict, Path]:
         """Grade the policy's answers on this iteration's source images (D_pref) and retrain R_φ from its
         previous export on D_pref plus a replay of D_grade."""
-        from medgr2.data.grading import GRADED_FEATURES
+        from medgr2.data.grade_config import GRADED_FEATURES
         from medgr2.evaluation.evaluate import predict
         from medgr2.models.factory import load_vlm
         from medgr2.pipeline.common import instruction
         from medgr2.pipeline.generate import generation_sources
-        from medgr2.pipeline.reward import build_grade_dataset, train_reward
+        from medgr2.pipeline.grade import build_grade_dataset
+        from medgr2.pipeline.reward import train_reward
 
         cfg, s, a = self.cfg, self.s, self.s.adapt
         gen_sub = sub_config(cfg, "generate", out, where=self.where or None,

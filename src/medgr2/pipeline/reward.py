@@ -1,20 +1,21 @@
-# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
-"""Reward-model stages (paper §3, "Reward Model R_φ"): ``stage=grade``, ``stage=reward``, ``stage=score``.
-
-* ``grade``: D_grade — four graded responses per reference record (:func:`medgr2.data.grading.build_graded`),
-  saved as a ``datasets`` folder under ``<cache>/grade/`` keyed by the source and grading config.
-* ``reward``: train :class:`~medgr2.modules.reward.RewardRegressor` on D_grade (built when missing) with a
-  held-out split *by source record* (all grades of a question are on the same side), from the cached
-  pretrained base or from ``stage.init`` — a previous R_φ export or Lightning checkpoint, for continual
-  adaptation on new graded pairs (``stage.train_data``); lineage goes to MLflow tags. The model is exported
-  to the run's folder and to :func:`reward_model_path` (keyed by config) where later stages find it.
-* ``score``: batched no-grad scoring of a dataset of candidate triplets; writes a ``score`` column (and a
-  ``reward`` entry into each row's provenance) to ``stage.output``. Work is done in chunks, each saved
-  atomically, so a killed run resumes where it stopped.
+"""``stage=reward`` (paper §3, "Reward Model R_φ", Eq. 1): train :class:`~medgr2.modules.reward.RewardRegressor`
+on D_grade (built when missing, :mod:`medgr2.pipeline.grade`) with a held-out split *by source record* (all
+grades of a question are on the same side), from the pretrained base or from ``stage.init`` — a previous R_φ
+export or Lightning checkpoint, for continual adaptation on new graded pairs (``stage.train_data``); lineage
+goes to MLflow tags. The model is exported to the run's folder and to :func:`output_path` (keyed by config,
+:func:`reward_key`) where later stages find it (:func:`find_reward_model`, :func:`ensure_reward_model`).
 
 Which R_φ a non-reward stage means: ``cfg.stage.rm`` — the reward stage's settings, included by
-``conf/stage/score.yaml`` with ``defaults: [reward@rm]`` (a GRPO stage can do the same) — or the defaults of
-``conf/stage/reward.yaml`` when a stage has no ``rm`` node.
+``conf/stage/score.yaml`` with ``defaults: [reward@rm]`` (a GRPO stage can do the same) — or, for the loop,
+its R_φ^0 settings ``cfg.stage.reward``. A stage with neither gets a clear error: the settings come through
+the composed config, never from a second read of ``conf/`` (which a wheel install does not have).
+
+The repository ships R_φ^0 of the default config (``medgr2/assets/reward/rm-<key>``, next to the shipped base
+of :mod:`medgr2.pipeline.pretrain`): training it took most of a first ``make demo`` once the base was
+shipped, so a config whose key matches — and whose base is the shipped base it was trained from — uses the
+shipped folder and trains nothing; any other config trains into the cache as before.
+``tests/test_shipped_reward.py`` fails when the default config's key moves away from the shipped folder, and
+``make reward0`` (``python train.py stage=reward +stage.ship=true``) trains it anew and ships it.
 """
 
 from __future__ import annotations
@@ -29,220 +30,108 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
 
-from medgr2.data.grading import GRADED_FEATURES, GRADES, GradeConfig, build_graded, rng_for, split_response
-from medgr2.data.prompting import response_text
-from medgr2.data.schema import LETTERS, to_dataset
+from medgr2.data.grade_config import GRADED_FEATURES, GRADES
+from medgr2.data.grade_transforms import split_by_source, wrong_letter_probes
 from medgr2.pipeline.common import (
     cache_dir,
     fingerprint,
     instruction,
     isolated_seed,
-    load_split,
     output_dir,
     product_seed,
     seed_part,
     to_dict,
 )
+from medgr2.pipeline.grade import build_grade_dataset
 from medgr2.pipeline.tracking import Tracker
-from medgr2.utils.io import atomic_dir, atomic_write_json
+from medgr2.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
-GRADE_META = "grading_meta.json"
-SCORE_META = "score_meta.json"
+#: The R_φ^0 the package ships (package data): ``rm-<reward_key>`` folders.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "reward"
+#: Keys of the reward settings that do not change the trained weights (progress, resume, shipping).
+NON_KEY_SETTINGS = ("name", "val_every", "eval_batch_size", "ckpt_path", "ship")
 
 
-# ============================================================================================ stage=grade
-
-
-def grade_config(node: DictConfig | Mapping[str, Any]) -> GradeConfig:
-    """``stage.grading`` -> :class:`GradeConfig`."""
-    d = dict(to_dict(node) or {})
-    unknown = set(d) - set(GradeConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown stage.grading keys {sorted(unknown)}; known: {sorted(GradeConfig.__dataclass_fields__)}")
-    return GradeConfig(**d)
-
-
-def _source_records(cfg: DictConfig, g: DictConfig) -> datasets.Dataset:
-    """The reference records D_grade is made from: ``source.path`` or the benchmark's ``source.split``."""
-    src = g.source
-    size = src.get("size")
-    ds = datasets.load_from_disk(str(src.path)) if src.get("path") else load_split(cfg, str(src.split), limit=size)
-    if size is not None and len(ds) > int(size):
-        ds = ds.select(range(int(size)))
-    return ds
-
-
-def graded_dataset_path(cfg: DictConfig, g: DictConfig | None = None) -> Path:
-    """Where D_grade for these settings lives (``g``: a node with ``source`` and ``grading``)."""
-    g = g if g is not None else cfg.stage
-    src = g.source
-    if src.get("path"):
-        ds = datasets.load_from_disk(str(src.path))
-        key = fingerprint("path", str(Path(src.path).resolve()), ds._fingerprint, src.get("size"))
-    else:
-        key = fingerprint("split", cfg.data, str(src.split), src.get("size"))
-    extra = float(g.get("wrong_letter_rate") or 0.0)
-    parts = (key, g.grading) if extra == 0 else (key, g.grading, {"wrong_letter_rate": extra})
-    return cache_dir(cfg) / "grade" / f"dgrade-{fingerprint(*parts)}"
-
-
-def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
-                        tracker: Tracker | None = None) -> tuple[datasets.Dataset, Path]:
-    """D_grade for these settings: loaded from the cache, or built, saved there and returned.
-
-    Logs rows per grade and the skip counts (records without a rationale, rows that could not honestly
-    carry their grade…) to the log and, when given, the tracker.
-    """
-    g = g if g is not None else cfg.stage
-    path = graded_dataset_path(cfg, g)
-    rate = float(g.get("wrong_letter_rate") or 0.0)
-    if (path / "dataset_info.json").exists():
-        log.info("reusing D_grade %s", path)
-        meta = json.loads((path / GRADE_META).read_text()) if (path / GRADE_META).exists() else {}
-    elif rate > 0:
-        # The paper's four grades (cached on their own: the WordNet pass is the slow part) + hard negatives.
-        plain = OmegaConf.create(to_dict(g))
-        plain.wrong_letter_rate = 0.0
-        base, _ = build_grade_dataset(cfg, plain)
-        meta = json.loads((graded_dataset_path(cfg, plain) / GRADE_META).read_text())
-        gcfg = grade_config(g.grading)
-        originals = base.filter(lambda grade: grade == "original", input_columns=["grade"]).to_list()
-        extra = wrong_letter_rows(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
-        ds = datasets.concatenate_datasets([base, to_dataset(extra, extra_features=GRADED_FEATURES)])
-        meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], "wrong_letter": len(extra)},
-                    wrong_letter_rate=rate)
-        with atomic_dir(path) as tmp:
-            ds.save_to_disk(str(tmp))
-            atomic_write_json(tmp / GRADE_META, meta)
-        log.info("D_grade + %d wrong-letter hard negatives -> %s", len(extra), path)
-    else:
-        records = _source_records(cfg, g)
-        rows, skipped = build_graded(list(records), grade_config(g.grading))
-        if not rows:
-            raise ValueError(f"D_grade is empty: no usable record among {len(records)} (skipped: {dict(skipped)})")
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row["grade"]] = counts.get(row["grade"], 0) + 1
-        meta = {"n_records": len(records), "n_rows": len(rows), "rows_per_grade": counts,
-                "skipped": dict(skipped), "grading": to_dict(g.grading), "source": to_dict(g.source)}
-        with atomic_dir(path) as tmp:
-            to_dataset(rows, extra_features=GRADED_FEATURES).save_to_disk(str(tmp))
-            atomic_write_json(tmp / GRADE_META, meta)
-        log.info("D_grade: %d rows from %d records -> %s; skipped %s", len(rows), len(records), path,
-                 dict(skipped))
-    if tracker is not None and meta:
-        m = {"grade/rows": meta["n_rows"], "grade/records": meta["n_records"]}
-        m.update({f"grade/rows/{k}": v for k, v in meta["rows_per_grade"].items()})
-        m.update({f"grade/skipped/{k}": v for k, v in meta["skipped"].items()})
-        tracker.log_metrics({k: float(v) for k, v in m.items()})
-        tracker.set_tags({"dgrade_path": str(path)})
-    return datasets.load_from_disk(str(path)), path
-
-
-def run_grade(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    ds, path = build_grade_dataset(cfg, cfg.stage, tracker)
-    meta = json.loads((path / GRADE_META).read_text())
-    print(f"D_grade: {len(ds)} rows {meta['rows_per_grade']} at {path}; skipped {meta['skipped']}")
-    return {"grade/rows": float(len(ds))}
-
-
-# ============================================================================================ stage=reward
-
-
-def split_by_source(source_ids: Sequence[str], val_fraction: float, seed: int = 0,
-                    max_val_sources: int | None = None) -> tuple[list[int], list[int]]:
-    """Row indices ``(train, val)`` with every source record's rows on one side (no leakage).
-
-    The held-out sources are the ``val_fraction`` (at most ``max_val_sources``) with the smallest
-    SHA-256 of ``(seed, source_id)``: the choice depends on the ids only, not on row order, and stays
-    stable when more data is added.
-    """
-    sources = sorted(set(source_ids))
-    n_val = min(len(sources) - 1, max(1, round(val_fraction * len(sources)))) if val_fraction > 0 else 0
-    if max_val_sources is not None:
-        n_val = min(n_val, int(max_val_sources))
-
-    def h(sid: str) -> str:
-        return hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest()
-
-    held = set(sorted(sources, key=h)[:max(0, n_val)])
-    train = [i for i, s in enumerate(source_ids) if s not in held]
-    val = [i for i, s in enumerate(source_ids) if s in held]
-    return train, val
-
-
-def wrong_letter_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0, target: float = math.nan,
-                      rate: float = 1.0) -> list[dict[str, Any]]:
-    """For ``original`` rows: the same rationale with a wrong answer letter (grade ``wrong_letter``).
-
-    With ``target`` NaN these are the pairwise probes of the reward stage (R_φ should score the original
-    higher); with ``target`` = the irrelevant grade's value they are hard negatives for D_grade — a
-    fluent, image-consistent rationale whose final answer is hallucinated. ``rate``: share of the
-    records that get one (chosen per source id, deterministically). The wrong letter is drawn with
-    :func:`rng_for` ``(seed, source_id, "wrong_letter")``, so a probe and a hard negative of the same record
-    are the same text.
-    """
-    from medgr2.data.reward_items import PROBE_GRADE
-
-    out = []
-    for row in rows:
-        if row["grade"] != "original":
-            continue
-        sid = str(row["source_id"])
-        if rate < 1.0 and rng_for(seed, sid, "wrong_letter_pick").random() >= rate:
-            continue
-        parts = split_response(row["response"])
-        n = len(row["options"] or [])
-        if parts is None or n < 2:
-            continue
-        rationale, letter = parts
-        wrong = [c for c in LETTERS[:n] if c != letter.strip().upper()]
-        choice = rng_for(seed, sid, PROBE_GRADE).choice(wrong)
-        prov = json.loads(row.get("provenance") or "{}")
-        prov["grading"] = {"grade": PROBE_GRADE, "seed": seed, "letter": choice}
-        out.append({**row, "id": f"{sid}#{PROBE_GRADE}", "response": response_text(rationale, choice),
-                    "target": target, "grade": PROBE_GRADE, "provenance": json.dumps(prov, sort_keys=True)})
-    return out
-
-
-def wrong_letter_probes(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
-    """The pairwise probes: :func:`wrong_letter_rows` with target NaN for every ``original`` row."""
-    return wrong_letter_rows(rows, seed)
-
-
-def _rm_node(cfg: DictConfig) -> DictConfig:
-    """The reward-model settings this config means (see the module docstring)."""
+def rm_settings(cfg: DictConfig) -> DictConfig:
+    """The reward-model settings this config means: ``cfg.stage`` for ``stage=reward``, the loop's R_φ^0
+    settings ``cfg.stage.reward`` for ``stage=loop``, else ``cfg.stage.rm``."""
     if cfg.stage.name == "reward":
         return cfg.stage
+    if cfg.stage.name == "loop" and cfg.stage.get("reward") is not None:
+        return cfg.stage.reward
     if cfg.stage.get("rm") is not None:
         return cfg.stage.rm
-    files = [CONF_DIR / "stage" / "grade.yaml", CONF_DIR / "stage" / "reward.yaml"]
-    if not all(f.exists() for f in files):
-        raise ValueError("no reward-model settings: give this stage an `rm` node (defaults: [reward@rm]) "
-                         "or set the R_φ export path explicitly")
-    nodes = [OmegaConf.load(f) for f in files]
-    for n in nodes:
-        n.pop("defaults", None)
-    return OmegaConf.merge(*nodes)
+    raise ValueError(f"stage={cfg.stage.name} has no reward-model settings: give it an `rm` node "
+                     "(defaults: [reward@rm], as conf/stage/score.yaml does) or set the R_φ export path explicitly")
 
 
 def reward_key(cfg: DictConfig, r: DictConfig | None = None) -> str:
     """Cache key of an R_φ: the model, the data and the reward settings (not the output/progress knobs)."""
-    r = r if r is not None else _rm_node(cfg)
+    r = r if r is not None else rm_settings(cfg)
     model = {k: v for k, v in to_dict(cfg.model).items() if k != "cache_dir"}
-    # Knobs that do not change the trained weights stay out of the key.
-    settings = {k: v for k, v in to_dict(r).items() if k not in ("name", "val_every", "eval_batch_size", "ckpt_path")}
+    # Knobs that do not change the trained weights stay out of the key ("ship" is never in a YAML: a
+    # config with it set has the key of the same config without it).
+    settings = {k: v for k, v in to_dict(r).items() if k not in NON_KEY_SETTINGS}
     return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"), *seed_part(cfg, "reward"))
 
 
-def reward_model_path(cfg: DictConfig, r: DictConfig | None = None) -> Path:
-    """The stable cache location of the R_φ export for these settings (may not exist yet)."""
+def output_path(cfg: DictConfig, r: DictConfig | None = None) -> Path:
+    """Where ``stage=reward`` with these settings caches its R_φ export (``<cache>/reward/rm-<key>``; it may
+    not exist yet). Later stages look an R_φ up with :func:`find_reward_model`, which also knows the shipped one."""
     return cache_dir(cfg) / "reward" / f"rm-{reward_key(cfg, r)}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _shipped_base_id(cfg: DictConfig) -> dict[str, str] | None:
+    """The shipped pretrained base this config starts from (folder name, weights' SHA-256), else None."""
+    from medgr2.pipeline.pretrain import shipped_base
+
+    p = cfg.model.get("pretrain")
+    base = shipped_base(cfg) if p and p.get("enabled", True) and cfg.data.name == "synthmed" else None  # as base_weights
+    return {"base": base.name, "base_sha256": _sha256(base / "model.safetensors")} if base is not None else None
+
+
+def shipped_reward_model(cfg: DictConfig, r: DictConfig | None = None, shipped_dir: Path | None = None) -> Path | None:
+    """The R_φ^0 the package ships (in ``shipped_dir``, default :data:`SHIPPED_DIR`) for this config's
+    :func:`reward_key`, or None when it ships none for it.
+
+    The key covers the model and reward configs but not the base's weights, so the shipped folder is used
+    only when it was trained from the base this config starts from: the shipped base, byte for byte."""
+    from medgr2.modules.reward import HEAD_CONFIG
+
+    path = (shipped_dir or SHIPPED_DIR) / output_path(cfg, r).name
+    if not (path / HEAD_CONFIG).exists():
+        return None
+    lineage = json.loads((path / HEAD_CONFIG).read_text()).get("lineage") or {}
+    base = _shipped_base_id(cfg)
+    if base is None or {k: lineage.get(k) for k in base} != base:
+        log.info("the shipped R_φ^0 %s was trained from another base than this config's: not used", path)
+        return None
+    return path
+
+
+def find_reward_model(cfg: DictConfig, r: DictConfig | None = None) -> Path | None:
+    """The R_φ for these settings that exists already: the shipped one when its key matches, else the cached
+    one (:func:`output_path`); None when neither exists."""
+    from medgr2.modules.reward import HEAD_CONFIG
+
+    shipped = shipped_reward_model(cfg, r)
+    if shipped is not None:
+        return shipped
+    path = output_path(cfg, r)
+    return path if (path / HEAD_CONFIG).exists() else None
 
 
 def _training_item(row: Mapping[str, Any], instruction: str, resolve_letter: bool) -> dict[str, Any]:
@@ -353,7 +242,7 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
     trainer.fit(module, train_dl, val_dl if val_all else None, ckpt_path=r.get("ckpt_path"))
 
     metrics: dict[str, float] = {"rm/train_rows": float(len(train_rows)), "rm/val_rows": float(len(val_rows))}
-    cache_path = reward_model_path(cfg, r)
+    cache_path = output_path(cfg, r)
     if trainer.is_global_zero:
         if val_all:
             # The held-out numbers of the final model, scored the way later stages score (eval, no grad).
@@ -372,8 +261,15 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
 
 
 def run_reward(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """``stage=reward``: train R_φ, print its held-out metrics and where it is; ``+stage.ship=true`` also makes
+    it the shipped R_φ^0 (:func:`ship_export`)."""
+    ship = bool(cfg.stage.get("ship"))
+    if ship:
+        _ship_checks(cfg, cfg.stage)  # before training: a config that cannot be shipped fails in seconds
     with isolated_seed(product_seed(cfg, "reward")):  # it fills the same cache entry as the loop's R_φ^0
         metrics, path = train_reward(cfg, cfg.stage, tracker, output_dir(cfg))
+    if ship and rank_zero_only.rank == 0:
+        path = ship_export(cfg, output_dir(cfg) / "reward_model")
     keys = ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc")
     print("R_φ held-out: " + ", ".join(f"{k.split('/')[1]} {metrics[k]:.3f}" for k in keys if k in metrics))
     print(f"R_φ export: {path}")
@@ -381,158 +277,56 @@ def run_reward(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
 
 def ensure_reward_model(cfg: DictConfig, tracker: Tracker | None = None) -> Path:
-    """The cached R_φ for this config's reward settings, trained first when missing."""
-    r = _rm_node(cfg)
-    path = reward_model_path(cfg, r)
-    from medgr2.modules.reward import HEAD_CONFIG
-
-    if (path / HEAD_CONFIG).exists():
-        log.info("reusing the cached R_φ %s", path)
-        return path
+    """The R_φ for this config's reward settings (:func:`find_reward_model`), trained into the cache first
+    when missing."""
+    r = rm_settings(cfg)
+    found = find_reward_model(cfg, r)
+    if found is not None:
+        log.info("reusing the %s R_φ %s", "shipped" if found.parent == SHIPPED_DIR else "cached", found)
+        return found
+    path = output_path(cfg, r)
     log.info("no cached R_φ at %s: training it", path)
     with isolated_seed(product_seed(cfg, "reward")):  # seeds.reward, not the run's seed: sweeps share R_φ^0
         _, path = train_reward(cfg, r, tracker or Tracker(), output_dir(cfg) / "reward_train")
     return path
 
 
-# ============================================================================================ stage=score
+def _ship_checks(cfg: DictConfig, r: DictConfig) -> dict[str, str]:
+    """What a shipped R_φ^0 needs: no parent, no other training data, the shipped base; returns the base's id."""
+    if r.get("init") or r.get("train_data"):
+        raise ValueError("stage.ship=true ships R_φ^0: it needs stage.init=null and stage.train_data=null")
+    base = _shipped_base_id(cfg)
+    if base is None:
+        raise ValueError("stage.ship=true ships R_φ^0 trained from the shipped pretrained base, and this config "
+                         "has none (`make base` ships the default config's)")
+    return base
 
 
-def _model_id(path: str | Path) -> dict[str, Any]:
-    """Identify an R_φ export cheaply (path + size/mtime of its weight files), for resume checks."""
-    path = Path(path).resolve()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
-    return {"path": str(path), "files": {p.name: [p.stat().st_size, int(p.stat().st_mtime)] for p in files}}
+def ship_export(cfg: DictConfig, export: Path, shipped_dir: Path | None = None) -> Path:
+    """Make the R_φ export ``export`` (trained with ``cfg``'s reward settings from the shipped base) the only
+    ``rm-<key>`` folder in ``shipped_dir``.
+
+    Its lineage is rewritten for a package: no run id and no machine path; it names the D_grade folder and
+    the shipped base (folder and weights' SHA-256) it was trained from, which :func:`shipped_reward_model`
+    checks."""
+    from medgr2.modules.reward import HEAD_CONFIG
+    from medgr2.pipeline.grade import output_path as dgrade_path
+
+    r = rm_settings(cfg)
+    base = _ship_checks(cfg, r)
+    shipped_dir = shipped_dir or SHIPPED_DIR
+    target = shipped_dir / output_path(cfg, r).name
+    meta = json.loads((Path(export) / HEAD_CONFIG).read_text())
+    meta["lineage"] = {"generation": 0, "parent": None, "train_data": dgrade_path(cfg, r).name, **base}
+    with atomic_dir(target) as tmp:
+        shutil.copytree(export, tmp, dirs_exist_ok=True)
+        (tmp / HEAD_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    for old in shipped_dir.glob("rm-*"):
+        if old != target:
+            shutil.rmtree(old)
+            log.info("removed the previously shipped R_φ^0 %s", old)
+    return target
 
 
-def score_dataset(ds: datasets.Dataset, scorer, output: str | Path, chunk_size: int = 512, batch_size: int = 32,
-                  response_key: str = "response", progress: bool = True,
-                  model_id: Mapping[str, Any] | None = None) -> datasets.Dataset:
-    """Score every row of ``ds`` and save ``ds`` + a ``score`` column to ``output`` (atomically).
-
-    Rows are scored ``chunk_size`` at a time; each chunk's scores are saved atomically to
-    ``<output>.chunks/chunk-NNNNN.json`` and a rerun with the same input, model and chunking skips the
-    chunks already there (a different input or model discards them). Each row's ``provenance`` JSON gains
-    ``{"reward": {"score": s, "model": path}}``. An existing output with the same meta is returned as is.
-    """
-    from tqdm.auto import tqdm
-
-    output = Path(output)
-    chunks_dir = output.with_name(output.name + ".chunks")
-    model_id = dict(model_id or {"path": scorer.path})
-    meta = {"input": ds._fingerprint, "n": len(ds), "model": model_id, "chunk_size": int(chunk_size),
-            "response_key": response_key, "instruction": scorer.instruction}
-    if (output / SCORE_META).exists() and json.loads((output / SCORE_META).read_text()).get("meta") == meta:
-        log.info("already scored: %s", output)
-        return datasets.load_from_disk(str(output))
-    if chunks_dir.exists():
-        old = json.loads((chunks_dir / "meta.json").read_text()) if (chunks_dir / "meta.json").exists() else None
-        if old != meta:
-            log.warning("discarding stale score chunks in %s (different input, model or chunking)", chunks_dir)
-            shutil.rmtree(chunks_dir)
-    chunks_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(chunks_dir / "meta.json", meta)
-
-    n = len(ds)
-    starts = list(range(0, n, chunk_size))
-    done = {s for s in starts if (chunks_dir / f"chunk-{s // chunk_size:05d}.json").exists()}
-    n_done = sum(min(chunk_size, n - s) for s in done)
-    bar = tqdm(total=n, initial=n_done, desc="R_phi scoring", unit="row", disable=not progress)
-    try:
-        for s in starts:
-            if s in done:
-                continue
-            part = ds.select(range(s, min(n, s + chunk_size)))
-            scores = scorer.score(part, batch_size=batch_size, response_key=response_key)
-            atomic_write_json(chunks_dir / f"chunk-{s // chunk_size:05d}.json",
-                              {"start": s, "end": s + len(part), "scores": scores})
-            bar.update(len(part))
-    finally:
-        bar.close()
-    all_scores: list[float] = []
-    for s in starts:
-        chunk = json.loads((chunks_dir / f"chunk-{s // chunk_size:05d}.json").read_text())
-        if chunk["start"] != s or len(chunk["scores"]) != min(chunk_size, n - s):
-            raise RuntimeError(f"corrupt score chunk {s} in {chunks_dir}: delete the folder and rerun")
-        all_scores.extend(float(x) for x in chunk["scores"])
-
-    columns = [c for c in ds.column_names if c != "score"]
-    out = ds.remove_columns(["score"]) if "score" in ds.column_names else ds
-    if "provenance" in columns:
-        provs = []
-        for prov, score in zip(out["provenance"], all_scores, strict=True):
-            p = json.loads(prov or "{}")
-            p["reward"] = {"score": score, "model": model_id.get("path")}
-            provs.append(json.dumps(p, sort_keys=True))
-        out = out.remove_columns(["provenance"]).add_column("provenance", provs)
-    out = out.add_column("score", all_scores).cast_column("score", datasets.Value("float32"))
-    out = out.select_columns([*columns, "score"])  # keep the input's column order, score last
-    with atomic_dir(output) as tmp:
-        out.save_to_disk(str(tmp))
-        atomic_write_json(tmp / SCORE_META, {"meta": meta, "n": n,
-                                             "mean_score": sum(all_scores) / n if n else math.nan})
-    shutil.rmtree(chunks_dir, ignore_errors=True)
-    return datasets.load_from_disk(str(output))
-
-
-def generated_candidates(cfg: DictConfig) -> Path:
-    """The exported candidates of ``stage=generate`` run with the settings under ``cfg.stage.generate``."""
-    from medgr2.pipeline.common import with_stage
-    from medgr2.pipeline.generate import default_candidates_dir, generation_sources, make_generator
-
-    gen = with_stage(cfg, cfg.stage.generate)
-    export = default_candidates_dir(gen, generation_sources(gen), make_generator(gen)) / "export" / "candidates"
-    if not export.exists():
-        raise FileNotFoundError(f"no generated candidates at {export}: run `python train.py stage=generate` with the "
-                                "same overrides first, or pass stage.input=<a candidates dataset> "
-                                "(stage.source=split scores the benchmark's reference answers)")
-    return export
-
-
-def _score_input(cfg: DictConfig) -> datasets.Dataset:
-    s = cfg.stage
-    if s.get("input"):
-        ds = datasets.load_from_disk(str(s.input))
-    elif s.get("source", "split") == "generated" and s.get("generate") is not None:
-        ds = datasets.load_from_disk(str(generated_candidates(cfg)))
-    else:
-        ds = load_split(cfg, str(s.split), limit=s.get("size"))
-    if s.get("size") and len(ds) > int(s.size):
-        ds = ds.select(range(int(s.size)))
-    return ds
-
-
-def run_score(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    return score_candidates(cfg, tracker)[0]
-
-
-def score_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
-    """Score ``stage.input`` (or the benchmark split) with R_φ; returns (metrics, scored dataset folder)."""
-    from medgr2.modules.reward_scorer import RewardScorer
-
-    s = cfg.stage
-    model_path = Path(s.model) if s.get("model") else ensure_reward_model(cfg, tracker)
-    ds = _score_input(cfg)
-    mid = _model_id(model_path)
-    default_out = cache_dir(cfg) / "scored" / f"scored-{fingerprint(ds._fingerprint, len(ds), mid, s.response_key)}"
-    output = Path(s.output) if s.get("output") else default_out
-    scorer = RewardScorer(model_path, batch_size=int(s.batch_size))
-    scored = score_dataset(ds, scorer, output, chunk_size=int(s.chunk_size), batch_size=int(s.batch_size),
-                           response_key=str(s.response_key), progress=bool(s.get("progress", True)),
-                           model_id=mid)
-    scores = scored["score"]
-    n = len(scores)
-    mean = sum(scores) / n if n else math.nan
-    metrics = {"score/n": float(n), "score/mean": mean}
-    tau = s.get("tau")
-    if tau is not None and n:
-        metrics["score/above_tau"] = sum(x > float(tau) for x in scores) / n
-    tracker.log_metrics(metrics)
-    tracker.set_tags({"score.output": str(output), "score.model": str(model_path)})
-    print(f"scored {n} rows (mean {mean:.3f}) with {model_path} -> {output}")
-    return metrics, output
-
-
-__all__ = ["GRADES", "build_grade_dataset", "ensure_reward_model", "graded_dataset_path", "reward_key",
-           "reward_model_path", "run_grade", "run_reward", "run_score", "score_dataset", "split_by_source",
-           "wrong_letter_probes", "wrong_letter_rows"]
+__all__ = ["NON_KEY_SETTINGS", "SHIPPED_DIR", "ensure_reward_model", "find_reward_model", "output_path",
+           "reward_key", "rm_settings", "run_reward", "ship_export", "shipped_reward_model", "train_reward"]

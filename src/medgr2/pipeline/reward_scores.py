@@ -17,13 +17,16 @@ import pandas as pd
 from omegaconf import DictConfig
 
 SCORES_FILE = "reward_scores.csv"
+#: A source checkout's conf/ (this command rebuilds the config that trained the model; a wheel has no conf/).
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def held_out_scores(cfg: DictConfig, model: str | Path) -> pd.DataFrame:
     """Scores of R_φ ``model`` on the held-out D_grade rows (+ wrong-letter probes) for config ``cfg``."""
-    from medgr2.data.grading import GRADES
+    from medgr2.data.grade_config import GRADES
+    from medgr2.data.grade_transforms import split_by_source, wrong_letter_probes
     from medgr2.modules.reward_scorer import RewardScorer
-    from medgr2.pipeline.reward import build_grade_dataset, split_by_source, wrong_letter_probes
+    from medgr2.pipeline.grade import build_grade_dataset
 
     r = cfg.stage
     rows, _ = build_grade_dataset(cfg, r)
@@ -40,14 +43,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from hydra import compose, initialize_config_dir
 
     import medgr2  # noqa: F401  (registers resolvers)
-    from medgr2.pipeline.reward import CONF_DIR
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="an R_φ export folder (stage=reward output)")
     ap.add_argument("--out", default="reports", help="output folder")
+    ap.add_argument("--config-dir", default=str(CONF_DIR), help="the project's conf/ folder")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the config that trained the model")
     args = ap.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    if not Path(args.config_dir, "train.yaml").exists():
+        ap.error(f"no train.yaml in --config-dir {args.config_dir}: pass the project's conf/ folder")
+    with initialize_config_dir(config_dir=str(Path(args.config_dir).resolve()), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["stage=reward", "paths.output_dir=.", *args.overrides])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -45,24 +45,17 @@ def selection_settings(cfg: DictConfig) -> dict[str, Any]:
 def default_pool(cfg: DictConfig) -> Path:
     """Where ``stage=score`` with the settings under ``stage.score`` writes by default.
 
-    Mirrors ``run_score`` in :mod:`medgr2.pipeline.reward` (``<cache>/scored/scored-<input+model key>``).
+    :func:`medgr2.pipeline.score.output_path` (``<cache>/scored/scored-<input+model key>``).
     """
-    from medgr2.pipeline import reward
+    from medgr2.pipeline import score
 
     node = cfg.stage.get("score")
     if node is None:
         raise SelectionError(f"stage.pool is not set and this stage has no `score` settings: {SCORE_HINT}")
-    scfg = with_stage(cfg, node)
-    s = scfg.stage
-    model_path = Path(s.model) if s.get("model") else reward.reward_model_path(scfg)
-    if not model_path.exists():
-        raise SelectionError(f"no scored pool yet (no reward model at {model_path}): {SCORE_HINT}")
     try:
-        ds = reward._score_input(scfg)
-    except FileNotFoundError as exc:
+        return score.output_path(with_stage(cfg, node))
+    except FileNotFoundError as exc:  # no R_φ or no candidates yet
         raise SelectionError(f"no scored pool yet ({exc}): {SCORE_HINT}") from exc
-    key = fingerprint(ds._fingerprint, len(ds), reward._model_id(model_path), s.response_key)
-    return cache_dir(cfg) / "scored" / f"scored-{key}"
 
 
 def _existing_paths(value: Any) -> list[str]:

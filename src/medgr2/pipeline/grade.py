@@ -1,0 +1,127 @@
+"""``stage=grade`` (paper §3, "Multi-Grade Supervision"): D_grade — four graded responses per reference record
+(:func:`medgr2.data.grading.build_graded`), saved as a ``datasets`` folder at :func:`output_path`
+(``<cache>/grade/dgrade-<key>``, keyed by the source and the grading config), optionally with wrong-letter
+hard negatives (``stage.wrong_letter_rate``). The reward stage builds it through :func:`build_grade_dataset`
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+from omegaconf import DictConfig, OmegaConf
+
+from medgr2.data.grade_config import GRADED_FEATURES, GradeConfig
+from medgr2.data.grade_transforms import wrong_letter_rows
+from medgr2.data.grading import build_graded
+from medgr2.data.schema import to_dataset
+from medgr2.pipeline.common import cache_dir, fingerprint, load_split, to_dict
+from medgr2.pipeline.tracking import Tracker
+from medgr2.utils.io import atomic_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+GRADE_META = "grading_meta.json"
+
+
+def grade_config(node: DictConfig | Mapping[str, Any]) -> GradeConfig:
+    """``stage.grading`` -> :class:`GradeConfig`."""
+    d = dict(to_dict(node) or {})
+    unknown = set(d) - set(GradeConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown stage.grading keys {sorted(unknown)}; known: {sorted(GradeConfig.__dataclass_fields__)}")
+    return GradeConfig(**d)
+
+
+def _source_records(cfg: DictConfig, g: DictConfig) -> datasets.Dataset:
+    """The reference records D_grade is made from: ``source.path`` or the benchmark's ``source.split``."""
+    src = g.source
+    size = src.get("size")
+    ds = datasets.load_from_disk(str(src.path)) if src.get("path") else load_split(cfg, str(src.split), limit=size)
+    if size is not None and len(ds) > int(size):
+        ds = ds.select(range(int(size)))
+    return ds
+
+
+def output_path(cfg: DictConfig, g: DictConfig | None = None) -> Path:
+    """Where D_grade for these settings lives (``g``: a node with ``source`` and ``grading``; default
+    ``cfg.stage``). The folder may not exist yet."""
+    g = g if g is not None else cfg.stage
+    src = g.source
+    if src.get("path"):
+        ds = datasets.load_from_disk(str(src.path))
+        key = fingerprint("path", str(Path(src.path).resolve()), ds._fingerprint, src.get("size"))
+    else:
+        key = fingerprint("split", cfg.data, str(src.split), src.get("size"))
+    extra = float(g.get("wrong_letter_rate") or 0.0)
+    parts = (key, g.grading) if extra == 0 else (key, g.grading, {"wrong_letter_rate": extra})
+    return cache_dir(cfg) / "grade" / f"dgrade-{fingerprint(*parts)}"
+
+
+def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
+                        tracker: Tracker | None = None) -> tuple[datasets.Dataset, Path]:
+    """D_grade for these settings: loaded from the cache, or built, saved there and returned.
+
+    Logs rows per grade and the skip counts (records without a rationale, rows that could not honestly
+    carry their grade…) to the log and, when given, the tracker.
+    """
+    g = g if g is not None else cfg.stage
+    path = output_path(cfg, g)
+    rate = float(g.get("wrong_letter_rate") or 0.0)
+    if (path / "dataset_info.json").exists():
+        log.info("reusing D_grade %s", path)
+        meta = json.loads((path / GRADE_META).read_text()) if (path / GRADE_META).exists() else {}
+    elif rate > 0:
+        # The paper's four grades (cached on their own: the WordNet pass is the slow part) + hard negatives.
+        plain = OmegaConf.create(to_dict(g))
+        plain.wrong_letter_rate = 0.0
+        base, _ = build_grade_dataset(cfg, plain)
+        meta = json.loads((output_path(cfg, plain) / GRADE_META).read_text())
+        gcfg = grade_config(g.grading)
+        originals = base.filter(lambda grade: grade == "original", input_columns=["grade"]).to_list()
+        extra = wrong_letter_rows(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
+        ds = datasets.concatenate_datasets([base, to_dataset(extra, extra_features=GRADED_FEATURES)])
+        meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], "wrong_letter": len(extra)},
+                    wrong_letter_rate=rate)
+        with atomic_dir(path) as tmp:
+            ds.save_to_disk(str(tmp))
+            atomic_write_json(tmp / GRADE_META, meta)
+        log.info("D_grade + %d wrong-letter hard negatives -> %s", len(extra), path)
+    else:
+        records = _source_records(cfg, g)
+        rows, skipped = build_graded(list(records), grade_config(g.grading))
+        if not rows:
+            raise ValueError(f"D_grade is empty: no usable record among {len(records)} (skipped: {dict(skipped)})")
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["grade"]] = counts.get(row["grade"], 0) + 1
+        meta = {"n_records": len(records), "n_rows": len(rows), "rows_per_grade": counts,
+                "skipped": dict(skipped), "grading": to_dict(g.grading), "source": to_dict(g.source)}
+        with atomic_dir(path) as tmp:
+            to_dataset(rows, extra_features=GRADED_FEATURES).save_to_disk(str(tmp))
+            atomic_write_json(tmp / GRADE_META, meta)
+        log.info("D_grade: %d rows from %d records -> %s; skipped %s", len(rows), len(records), path,
+                 dict(skipped))
+    if tracker is not None and meta:
+        m = {"grade/rows": meta["n_rows"], "grade/records": meta["n_records"]}
+        m.update({f"grade/rows/{k}": v for k, v in meta["rows_per_grade"].items()})
+        m.update({f"grade/skipped/{k}": v for k, v in meta["skipped"].items()})
+        tracker.log_metrics({k: float(v) for k, v in m.items()})
+        tracker.set_tags({"dgrade_path": str(path)})
+    return datasets.load_from_disk(str(path)), path
+
+
+def run_grade(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """``stage=grade``: build (or find) D_grade and print its rows per grade and skip counts."""
+    ds, path = build_grade_dataset(cfg, cfg.stage, tracker)
+    meta = json.loads((path / GRADE_META).read_text())
+    print(f"D_grade: {len(ds)} rows {meta['rows_per_grade']} at {path}; skipped {meta['skipped']}")
+    return {"grade/rows": float(len(ds))}
+
+
+__all__ = ["GRADE_META", "build_grade_dataset", "grade_config", "output_path", "run_grade"]
