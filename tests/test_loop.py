@@ -16,14 +16,10 @@ import torch
 from conftest import ROOT, TEST_OVERRIDES
 
 from medgr2.pipeline import run
-from medgr2.pipeline.loop import (
-    LoopState,
-    loop_dir,
-    loop_key,
-    policy_graded_rows,
-    results_table,
-    source_filter,
-)
+from medgr2.pipeline.adapt import policy_graded_rows
+from medgr2.pipeline.loop import source_filter
+from medgr2.pipeline.loop_state import LoopState, loop_dir, loop_key
+from medgr2.pipeline.loop_table import results_table
 
 # A whole loop in seconds: few sources, a few optimizer steps per stage.
 TINY_LOOP = [

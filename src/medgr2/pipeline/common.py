@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,14 @@ def with_stage(cfg: DictConfig, stage: Any, output_dir: str | Path | None = None
         if output_dir is not None:
             sub.paths.output_dir = str(output_dir)
     return sub
+
+
+def sub_config(cfg: DictConfig, stage: str | Mapping[str, Any], out: Path, **overrides: Any) -> DictConfig:
+    """A copy of ``cfg`` whose ``stage`` is ``cfg.stage.<stage>`` (resolved) or the given mapping, with
+    ``overrides``, writing into ``out``: how each step of the loop runs the single stage's code."""
+    node = dict(to_dict(cfg.stage[stage])) if isinstance(stage, str) else dict(stage)
+    node.update(overrides)
+    return with_stage(cfg, node, out)
 
 
 def fingerprint(*parts: Any) -> str:

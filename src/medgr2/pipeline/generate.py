@@ -25,7 +25,8 @@ import datasets
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from medgr2.pipeline.common import build_trainer, cache_dir, fingerprint, load_split, output_dir, to_dict
+from medgr2.pipeline.common import cache_dir, fingerprint, load_split, output_dir, to_dict
+from medgr2.pipeline.stage import Artifact, fit_and_export
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json
 
@@ -153,13 +154,15 @@ def export_candidates(out_dir: Path, force: bool = False) -> Path:
         "shards": {k: e["file"] for k, e in sorted(manifest["shards"].items())},
     }
     # Not directly under out_dir: the store's cleanup removes `.*.tmp-*` leftovers there.
-    export = out_dir / "export" / "candidates"
-    meta_path = export / EXPORT_META
-    if not force and meta_path.exists() and json.loads(meta_path.read_text()).get("stamp") == stamp:
-        return export
+    export = Artifact(out_dir / "export" / "candidates", stamp, EXPORT_META, legacy_key="stamp")
     n = sum(e["kept"] for e in manifest["shards"].values())
-    save_rows(out_dir, export, extra_json={EXPORT_META: {"stamp": stamp, "rows": n, "source": str(out_dir)}})
-    return export
+
+    def build(tmp: Path) -> dict[str, Any]:
+        save_rows(out_dir, tmp)
+        return {"rows": n, "source": str(out_dir)}
+
+    export.get_or_build(build, rebuild=force)
+    return export.path
 
 
 def cost_estimate(usage: Mapping[str, Any], prices: Mapping[str, Any] | None) -> float | None:
@@ -335,17 +338,16 @@ def distill_generator(cfg: DictConfig, tracker: Tracker, selected_ds: datasets.D
                        total_steps=int(d["max_steps"]))
     loader = DataLoader(ItemDataset(rows, lambda r: generator_item(r, strategy)), batch_size=int(d["batch_size"]),
                         shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
-    trainer = build_trainer(cfg, tracker, max_steps=int(d["max_steps"]), ckpt_dir=None)
     log.info("distilling the generator on %d selected items (%s prompts) for %d steps from %s",
              len(rows), strategy, d["max_steps"], init or "the model's checkpoint")
-    trainer.fit(module, loader)
     out = Path(d["out_dir"]) if d["out_dir"] else output_dir(cfg) / "generator"
-    if trainer.is_global_zero:
-        module.export(out)
-        atomic_write_json(out / GENERATOR_META, {"strategy": strategy, "init": str(init), "train_rows": len(rows),
-                                                 "max_steps": int(d["max_steps"])})
-        tracker.set_tags({"generator_dir": str(out)})
-    trainer.strategy.barrier()
+
+    def write_meta(folder: Path) -> None:
+        atomic_write_json(folder / GENERATOR_META, {"strategy": strategy, "init": str(init),
+                                                    "train_rows": len(rows), "max_steps": int(d["max_steps"])})
+
+    fit_and_export(cfg, tracker, module, loader, max_steps=int(d["max_steps"]), out=output_dir(cfg), export_to=out,
+                   checkpoints=False, export_tag="generator_dir", on_export=write_meta)
     return out
 
 

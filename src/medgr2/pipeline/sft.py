@@ -11,16 +11,17 @@ from torch.utils.data import DataLoader
 from medgr2.data.collate import ChatCollator, vqa_item
 from medgr2.modules.data import ItemDataset
 from medgr2.modules.sft import SFTPolicy
-from medgr2.pipeline.common import build_trainer, load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.common import instruction as config_instruction
-from medgr2.pipeline.evaluate import evaluate_model
+from medgr2.pipeline.common import load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.pretrain import base_weights
+from medgr2.pipeline.stage import fit_and_export
 from medgr2.pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
 def run_sft(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """``stage=sft``: :func:`train_sft`'s metrics."""
     return train_sft(cfg, tracker)[0]
 
 
@@ -42,18 +43,12 @@ def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path
     train_dl = DataLoader(ItemDataset(rows, to_item), batch_size=int(s.batch_size), shuffle=True,
                           collate_fn=collate, num_workers=0)
     val_dl = DataLoader(ItemDataset(val, to_item), batch_size=int(s.batch_size), collate_fn=collate)
-    out = output_dir(cfg)
-    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
-                            val_every=min(int(s.get("val_every", 200)), int(s.max_steps)))
     log.info("SFT on %d rows (think=%s) for %d steps from %s", len(rows), think, s.max_steps,
              weights or cfg.model.get("path") or "the tiny model's random init")  # a real checkpoint is not scratch
-    trainer.fit(module, train_dl, val_dl, ckpt_path=s.get("ckpt_path"))
-    metrics: dict[str, float] = {"train_rows": float(len(rows))}
+    out = output_dir(cfg)
     policy_dir = out / "policy"
-    if trainer.is_global_zero:
-        module.export(policy_dir)
-        tracker.set_tags({"policy_dir": str(policy_dir)})
-        if s.get("evaluate", True):
-            metrics.update(evaluate_model(cfg, module.model, module.processor, tracker, out))
-    trainer.strategy.barrier()
-    return metrics, policy_dir
+    metrics = fit_and_export(cfg, tracker, module, train_dl, val_dl, max_steps=int(s.max_steps), out=out,
+                             export_to=policy_dir, export_tag="policy_dir", ckpt_path=s.get("ckpt_path"),
+                             val_every=min(int(s.get("val_every", 200)), int(s.max_steps)),
+                             evaluate=bool(s.get("evaluate", True)))
+    return {"train_rows": float(len(rows)), **metrics}, policy_dir
