@@ -125,7 +125,7 @@ def _loop_cli(tmp_path, cache, *args: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_loop_killed_mid_iteration_resumes_at_the_step_it_stopped_in(tmp_path, shared_cache):
     # Long enough SFT that the kill lands inside it.
-    args = ("stage.iterations=1", "stage.sft.max_steps=80", "stage.sft.val_every=80", "trainer.ckpt_every=2",
+    args = ("stage.iterations=1", "stage.sft.max_steps=80", "stage.sft.val_every=80", "checkpoint.every_n_train_steps=2",
             "stage.grpo_enabled=false")
     proc = _loop_cli(tmp_path, shared_cache, *args)
     state_file = None

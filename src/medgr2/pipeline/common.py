@@ -190,12 +190,12 @@ def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | 
 
         # Explicit dirpath: with a sqlite: MLflow URI Lightning has no save_dir to put checkpoints in.
         callbacks.append(ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", save_last=True,
-                                         every_n_train_steps=max(1, int(cfg.trainer.get("ckpt_every", 100)) or 1),
+                                         every_n_train_steps=max(1, int(cfg.checkpoint.every_n_train_steps) or 1),
                                          save_top_k=1, monitor=None, auto_insert_metric_name=False))
     callbacks.extend(extra_callbacks or [])
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(StepProgress(label or str(cfg.stage.name)))
-    tcfg = {k: v for k, v in to_dict(cfg.trainer).items() if k not in ("ckpt_every", "name")}
+    tcfg = dict(to_dict(cfg.trainer))  # lightning.Trainer's keywords only (conf/trainer/*.yaml)
     strategy = tcfg.pop("strategy", "auto")
     if isinstance(strategy, dict):
         strategy = hydra.utils.instantiate(strategy)

@@ -19,19 +19,25 @@ from medgr2.utils.io import atomic_write_json
 
 STATE_FILE = "loop_state.json"
 # Keys that change where or how loudly a run works, not what it computes: out of the loop's identity.
-OPERATIONAL_KEYS = ("paths", "logger", "print_config", "cpu_threads", "callbacks")
-OPERATIONAL_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "ckpt_every")
+OPERATIONAL_KEYS = ("paths", "logger", "print_config", "cpu_threads", "callbacks", "checkpoint")
+OPERATIONAL_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps")
+# The trainer option's label lived inside the trainer node as ``name`` when loop keys were first made; it is
+# hashed there still, so loops started before it moved out (to ``trainer_name``) keep their folders.
+TRAINER_LABEL = "trainer_name"
 
 
 def loop_key(cfg: DictConfig) -> str:
-    """Identity of a loop: the resolved config minus operational keys (paths, logging, progress bars)."""
+    """Identity of a loop: the resolved config minus operational keys (paths, logging, progress bars,
+    checkpoint cadence)."""
     parts = {}
     for key in cfg:
-        if key in OPERATIONAL_KEYS:
+        if key in (*OPERATIONAL_KEYS, TRAINER_LABEL):
             continue
         value = to_dict(cfg[key])
         if key == "trainer" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in OPERATIONAL_TRAINER_KEYS}
+            if cfg.get(TRAINER_LABEL) is not None:
+                value["name"] = str(cfg[TRAINER_LABEL])
         if key == "stage" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != "dir"}
         parts[str(key)] = value
