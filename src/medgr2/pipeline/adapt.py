@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from medgr2.data.schema import FIELDS, to_dataset
 from medgr2.pipeline.common import instruction, sub_config, to_dict
+from medgr2.pipeline.stage_config import LoopConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir
 
@@ -52,7 +53,7 @@ def adapt_reward(cfg: DictConfig, t: int, tracker: Tracker, policy: str, rm_path
     from medgr2.pipeline.generate import generation_sources
     from medgr2.pipeline.reward import build_grade_dataset, train_reward
 
-    s, a = cfg.stage, cfg.stage.adapt
+    s, a = cfg.stage, LoopConfig.from_node(to_dict(cfg.stage)).adapt
     gen_sub = sub_config(cfg, "generate", out, where=where or None,
                          source_offset=t * int(s.generate.n_sources))
     sources = generation_sources(gen_sub).cast_column("image", datasets.Image())

@@ -36,6 +36,7 @@ from medgr2.pipeline.common import load_split, sub_config, to_dict
 from medgr2.pipeline.loop_state import LoopState, loop_dir, loop_key
 from medgr2.pipeline.loop_table import baselines, duration, policy_label, results_table
 from medgr2.pipeline.stage import child_run
+from medgr2.pipeline.stage_config import LoopConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir, atomic_write_json
 
@@ -116,18 +117,13 @@ def check_budget(cfg: DictConfig, where: Mapping[str, Any]) -> None:
 # ============================================================================================ the loop
 
 
-GRPO_PROMPTS = ("d_gen", "train")
-
-
 class Loop:
     """One run of Algorithm 1 over ``cfg`` (see the module docstring)."""
 
     def __init__(self, cfg: DictConfig, tracker: Tracker):
         self.cfg, self.tracker, self.s = cfg, tracker, cfg.stage
         self.where = source_filter(cfg)
-        self.grpo_prompts = str(cfg.stage.get("grpo_prompts", "d_gen"))
-        if self.grpo_prompts not in GRPO_PROMPTS:
-            raise ValueError(f"stage.grpo_prompts={self.grpo_prompts!r}: choose one of {', '.join(GRPO_PROMPTS)}")
+        self.c = LoopConfig.from_node(to_dict(cfg.stage))  # the loop's own keys, validated before any work
         self.dir = loop_dir(cfg)
         self.state = LoopState(self.dir, loop_key(cfg))
 
@@ -155,8 +151,8 @@ class Loop:
     def initial_reward_model(self) -> str:
         from medgr2.pipeline.reward import ensure_reward_model
 
-        if self.s.get("reward_model"):
-            given = Path(str(self.s.reward_model))
+        if self.c.reward_model:
+            given = Path(str(self.c.reward_model))
             if not given.is_dir():
                 raise FileNotFoundError(f"stage.reward_model={given} is not an R_φ export folder (stage=reward output)")
             return str(given)
@@ -168,7 +164,7 @@ class Loop:
         return self.step("setup/reward0", self.tracker, run)[1]["reward_model"]
 
     def seed_set(self) -> str | None:
-        n = int(self.s.seed_size)
+        n = int(self.c.seed_size)
         if n <= 0:
             return None
 
@@ -190,7 +186,7 @@ class Loop:
         from medgr2.pipeline.select import select_candidates
         from medgr2.pipeline.sft import train_sft
 
-        cfg, s, it_dir = self.cfg, self.s, self.dir / f"iter{t}"
+        cfg, s, c, it_dir = self.cfg, self.s, self.c, self.dir / f"iter{t}"
         summary: dict[str, float] = {}
         with child_run(self.tracker, f"iter{t}", {"stage": "loop_iteration", "iteration": str(t)}) as itr:
             def generate(tr: Tracker):
@@ -233,12 +229,12 @@ class Loop:
             train_data = o["train_data"]
             summary.update(m)
 
-            grpo_on = bool(s.grpo_enabled)
+            grpo_on = bool(c.grpo_enabled)
 
             def sft(tr: Tracker):
                 out = it_dir / "sft"
                 sub = sub_config(cfg, "sft", out, train_data=train_data, init=policy, ckpt_path=last_checkpoint(out),
-                                 evaluate=bool(s.eval_after_sft) or not grpo_on)
+                                 evaluate=bool(c.eval_after_sft) or not grpo_on)
                 m, pdir = train_sft(sub, tr)
                 return m, {"policy": str(pdir), "predictions": str(out / "predictions.jsonl")}
 
@@ -252,7 +248,7 @@ class Loop:
                     out = it_dir / "grpo"
                     # d_gen: Algorithm 1's prompts; train: the benchmark's labelled train questions (GRPO needs
                     # only the answer letter, not a rationale)
-                    prompts = train_data if self.grpo_prompts == "d_gen" else None
+                    prompts = train_data if self.c.grpo_prompts == "d_gen" else None
                     sub = sub_config(cfg, "grpo", out, train_data=prompts, init=policy, reward_model=rm_path,
                                      ckpt_path=last_checkpoint(out), evaluate=True)
                     m, pdir = train_grpo(sub, tr)
@@ -263,7 +259,7 @@ class Loop:
                 final = {k: v for k, v in m.items() if k.startswith("test/")}
             summary.update(final)
 
-            if bool(s.adapt_reward) and t + 1 < int(s.iterations):
+            if bool(c.adapt_reward) and t + 1 < int(c.iterations):
                 def adapt(tr: Tracker):
                     m, new_rm = adapt_reward(cfg, t, tr, policy, rm_path, it_dir / "adapt", self.where)
                     return m, {"reward_model": str(new_rm)}
@@ -272,7 +268,7 @@ class Loop:
                 rm_path = o["reward_model"]
                 summary.update({f"adapt/{k}": v for k, v in m.items()})
 
-            if bool(s.distill):
+            if bool(c.distill):
                 def distill(tr: Tracker):
                     from medgr2.pipeline.generate import distill_generator
 
@@ -292,7 +288,7 @@ class Loop:
 
     # ---------------------------------------------------------------- all of it
     def run(self) -> dict[str, float]:
-        cfg, s = self.cfg, self.s
+        cfg, c = self.cfg, self.c
         check_budget(cfg, self.where)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / "config.json", _public_config(cfg))
@@ -300,7 +296,7 @@ class Loop:
 
         sel = selection_settings(cfg)
         tags = {"policy": policy_label(cfg, sel), "select_method": str(sel["method"]),
-                "grpo": str(bool(s.grpo_enabled)).lower(), "iterations": str(int(s.iterations)),
+                "grpo": str(bool(c.grpo_enabled)).lower(), "iterations": str(int(c.iterations)),
                 "loop_dir": str(self.dir)}
         if sel.get("k") is not None and sel["method"] in ("topk", "randk"):
             tags["k"] = str(int(sel["k"]))
@@ -309,7 +305,7 @@ class Loop:
         if self.where:
             tags.update(source=",".join(next(iter(self.where.values()))), source_axis=next(iter(self.where)))
         self.tracker.set_tags(tags)
-        print(f"MedGR2 loop: {s.iterations} iteration(s) in {self.dir}")
+        print(f"MedGR2 loop: {c.iterations} iteration(s) in {self.dir}")
 
         rm_path = self.initial_reward_model()
         seed = self.seed_set()
@@ -317,7 +313,7 @@ class Loop:
         policy: str | None = None
         gen_weights = cfg.generator.get("weights") if cfg.generator.get("name") == "hf" else None
         rows, final, predictions = [], {}, None
-        for t in range(int(s.iterations)):
+        for t in range(int(c.iterations)):
             res = self.iteration(t, rm_path, d_gen, policy, gen_weights)
             rm_path, d_gen, policy, gen_weights = res["rm"], res["d_gen"], res["policy"], res["gen_weights"]
             final, predictions = res["final"], res["predictions"]

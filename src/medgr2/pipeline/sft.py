@@ -15,6 +15,7 @@ from medgr2.pipeline.common import instruction as config_instruction
 from medgr2.pipeline.common import load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.pretrain import base_weights
 from medgr2.pipeline.stage import fit_and_export
+from medgr2.pipeline.stage_config import SFTConfig
 from medgr2.pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,12 @@ def run_sft(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
 def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
     """SFT with ``cfg.stage``; returns the metrics (test metrics when ``stage.evaluate``) and the policy folder."""
-    s = cfg.stage
-    weights = s.get("init") or base_weights(cfg, tracker)
+    s = SFTConfig.from_node(to_dict(cfg.stage))  # unknown keys and bad values fail here, before any work
+    weights = s.init or base_weights(cfg, tracker)
     instruction = config_instruction(cfg)
-    think = bool(s.get("think", True))
+    think = bool(s.think)
     rows = stage_rows(cfg, "training rows")
-    val = load_split(cfg, "val", limit=s.get("val_size"))
+    val = load_split(cfg, "val", limit=s.val_size)
     module = SFTPolicy(model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
                        warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps))
     collate = ChatCollator(module.processor)
@@ -48,7 +49,6 @@ def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path
     out = output_dir(cfg)
     policy_dir = out / "policy"
     metrics = fit_and_export(cfg, tracker, module, train_dl, val_dl, max_steps=int(s.max_steps), out=out,
-                             export_to=policy_dir, export_tag="policy_dir", ckpt_path=s.get("ckpt_path"),
-                             val_every=min(int(s.get("val_every", 200)), int(s.max_steps)),
-                             evaluate=bool(s.get("evaluate", True)))
+                             export_to=policy_dir, export_tag="policy_dir", ckpt_path=s.ckpt_path,
+                             val_every=min(int(s.val_every), int(s.max_steps)), evaluate=bool(s.evaluate))
     return {"train_rows": float(len(rows)), **metrics}, policy_dir
