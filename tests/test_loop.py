@@ -16,14 +16,10 @@ import torch
 from conftest import ROOT, TEST_OVERRIDES
 
 from medgr2.pipeline import run
-from medgr2.pipeline.loop import (
-    LoopState,
-    loop_dir,
-    loop_key,
-    policy_graded_rows,
-    results_table,
-    source_filter,
-)
+from medgr2.pipeline.adapt import policy_graded_rows
+from medgr2.pipeline.loop import source_filter
+from medgr2.pipeline.loop_state import LoopState, loop_dir, loop_key
+from medgr2.pipeline.loop_table import results_table
 
 # A whole loop in seconds: few sources, a few optimizer steps per stage.
 TINY_LOOP = [
@@ -129,7 +125,7 @@ def _loop_cli(tmp_path, cache, *args: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_loop_killed_mid_iteration_resumes_at_the_step_it_stopped_in(tmp_path, shared_cache):
     # Long enough SFT that the kill lands inside it.
-    args = ("stage.iterations=1", "stage.sft.max_steps=80", "stage.sft.val_every=80", "trainer.ckpt_every=2",
+    args = ("stage.iterations=1", "stage.sft.max_steps=80", "stage.sft.val_every=80", "checkpoint.every_n_train_steps=2",
             "stage.grpo_enabled=false")
     proc = _loop_cli(tmp_path, shared_cache, *args)
     state_file = None

@@ -82,10 +82,9 @@ def test_sft_with_lora_trains_logs_letter_metrics_and_its_export_reloads_with_th
     preds = [json.loads(x) for x in (Path(cfg.paths.output_dir) / "predictions.jsonl").read_text().splitlines()]
     # The reloaded export predicts what the trained module predicted at the end of the stage (same test rows,
     # same prompt).
-    from medgr2.pipeline.common import load_split
-    from medgr2.pipeline.pretrain import _instruction
+    from medgr2.pipeline.common import instruction, load_split
 
-    again = predict(model, processor, load_split(cfg, "test", limit=4), instruction=_instruction(cfg),
+    again = predict(model, processor, load_split(cfg, "test", limit=4), instruction=instruction(cfg),
                     batch_size=4, max_new_tokens=8, progress=False)
     assert [p["completion"] for p in again] == [p["completion"] for p in preds]
     for a, b in zip(again, preds, strict=True):
@@ -163,7 +162,7 @@ LOOP_T1 = ["stage=loop", "stage.iterations=1", "stage.generate.n_sources=12", "s
 
 
 def test_loop_with_one_iteration_runs_every_stage_on_the_3b_layout(real_ckpts, tmp_path, shared_cache):
-    from medgr2.pipeline.loop import loop_dir
+    from medgr2.pipeline.loop_state import loop_dir
 
     cfg = _cfg(tmp_path, shared_cache, "3b", real_ckpts["3b"], *LOOP_T1, "logger=none")
     metrics = run(cfg)

@@ -56,7 +56,7 @@ def test_same_seed_same_synthmed_bytes_and_same_selection_across_processes(tmp_p
 
 
 SFT = ["stage=sft", "logger=none", "model.pretrain.enabled=false", "stage.max_steps=4", "stage.train_size=32",
-       "stage.batch_size=8", "stage.val_every=2", "stage.val_size=8", "evaluate.limit=12", "trainer.ckpt_every=100"]
+       "stage.batch_size=8", "stage.val_every=2", "stage.val_size=8", "evaluate.limit=12", "checkpoint.every_n_train_steps=100"]
 
 
 def test_two_cpu_sft_runs_with_the_same_seed_give_identical_metrics(make_cfg, tmp_path):

@@ -164,7 +164,7 @@ def test_score_killed_then_rerun_gives_exactly_the_uninterrupted_scores(make_cfg
 
 
 GRPO = ["stage=grpo", "model.pretrain.enabled=false", "stage.train_size=16", "stage.batch_size=2",
-        "stage.max_new_tokens=6", "stage.num_generations=2", "stage.evaluate=false", "trainer.ckpt_every=2",
+        "stage.max_new_tokens=6", "stage.num_generations=2", "stage.evaluate=false", "checkpoint.every_n_train_steps=2",
         "logger=none"]
 
 

@@ -104,7 +104,7 @@ def test_our_lightning_checkpoints_load_with_weights_only(make_cfg):
 
     cfg = make_cfg("stage=reward", "logger=none", "model.pretrain.enabled=false", "stage.source.size=16",
                    "stage.max_steps=1", "stage.val_every=1", "stage.batch_size=8", "stage.eval_batch_size=16",
-                   "stage.val_fraction=0.25", "stage.warmup_steps=0", "trainer.ckpt_every=1")
+                   "stage.val_fraction=0.25", "stage.warmup_steps=0", "checkpoint.every_n_train_steps=1")
     run(cfg)
     ckpts = list(Path(cfg.paths.output_dir).rglob("last.ckpt"))
     assert ckpts

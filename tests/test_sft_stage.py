@@ -99,7 +99,7 @@ def test_logger_none_writes_no_mlflow_store(make_cfg):
 
 def test_a_killed_sft_run_resumes_from_its_last_checkpoint(make_cfg):
     common = ["stage=sft", "logger=none", "stage.train_size=32", "stage.batch_size=8", "stage.val_every=100",
-              "stage.val_size=8", "stage.evaluate=false", "trainer.ckpt_every=2"]
+              "stage.val_size=8", "stage.evaluate=false", "checkpoint.every_n_train_steps=2"]
     first = make_cfg(*common, "stage.max_steps=4")
     run(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"

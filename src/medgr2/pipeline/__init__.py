@@ -49,11 +49,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         import torch
 
         torch.set_num_threads(int(cfg.cpu_threads))
-    tracker = make_tracker(cfg, name)
-    try:
-        metrics = stages[name](cfg, tracker)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish("FINISHED")
-    return metrics
+    from medgr2.pipeline.stage import tracked_run
+
+    with tracked_run(make_tracker(cfg, name)) as tracker:
+        return stages[name](cfg, tracker)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,14 @@ def with_stage(cfg: DictConfig, stage: Any, output_dir: str | Path | None = None
         if output_dir is not None:
             sub.paths.output_dir = str(output_dir)
     return sub
+
+
+def sub_config(cfg: DictConfig, stage: str | Mapping[str, Any], out: Path, **overrides: Any) -> DictConfig:
+    """A copy of ``cfg`` whose ``stage`` is ``cfg.stage.<stage>`` (resolved) or the given mapping, with
+    ``overrides``, writing into ``out``: how each step of the loop runs the single stage's code."""
+    node = dict(to_dict(cfg.stage[stage])) if isinstance(stage, str) else dict(stage)
+    node.update(overrides)
+    return with_stage(cfg, node, out)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -182,12 +190,12 @@ def build_trainer(cfg: DictConfig, tracker, *, max_steps: int, ckpt_dir: Path | 
 
         # Explicit dirpath: with a sqlite: MLflow URI Lightning has no save_dir to put checkpoints in.
         callbacks.append(ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step}", save_last=True,
-                                         every_n_train_steps=max(1, int(cfg.trainer.get("ckpt_every", 100)) or 1),
+                                         every_n_train_steps=max(1, int(cfg.checkpoint.every_n_train_steps) or 1),
                                          save_top_k=1, monitor=None, auto_insert_metric_name=False))
     callbacks.extend(extra_callbacks or [])
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(StepProgress(label or str(cfg.stage.name)))
-    tcfg = {k: v for k, v in to_dict(cfg.trainer).items() if k not in ("ckpt_every", "name")}
+    tcfg = dict(to_dict(cfg.trainer))  # lightning.Trainer's keywords only (conf/trainer/*.yaml)
     strategy = tcfg.pop("strategy", "auto")
     if isinstance(strategy, dict):
         strategy = hydra.utils.instantiate(strategy)

@@ -13,6 +13,7 @@ generator, Algorithm 1 line 14).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,9 @@ import datasets
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from medgr2.pipeline.common import build_trainer, cache_dir, fingerprint, load_split, output_dir, to_dict
+from medgr2.pipeline.common import cache_dir, fingerprint, load_split, output_dir, to_dict
+from medgr2.pipeline.stage import Artifact, fit_and_export
+from medgr2.pipeline.stage_config import DistillConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json
 
@@ -154,13 +157,15 @@ def export_candidates(out_dir: Path, force: bool = False) -> Path:
         "shards": {k: e["file"] for k, e in sorted(manifest["shards"].items())},
     }
     # Not directly under out_dir: the store's cleanup removes `.*.tmp-*` leftovers there.
-    export = out_dir / "export" / "candidates"
-    meta_path = export / EXPORT_META
-    if not force and meta_path.exists() and json.loads(meta_path.read_text()).get("stamp") == stamp:
-        return export
+    export = Artifact(out_dir / "export" / "candidates", stamp, EXPORT_META, legacy_key="stamp")
     n = sum(e["kept"] for e in manifest["shards"].values())
-    save_rows(out_dir, export, extra_json={EXPORT_META: {"stamp": stamp, "rows": n, "source": str(out_dir)}})
-    return export
+
+    def build(tmp: Path) -> dict[str, Any]:
+        save_rows(out_dir, tmp)
+        return {"rows": n, "source": str(out_dir)}
+
+    export.get_or_build(build, rebuild=force)
+    return export.path
 
 
 def cost_estimate(usage: Mapping[str, Any], prices: Mapping[str, Any] | None) -> float | None:
@@ -267,26 +272,11 @@ def generate_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, fl
 
 # ============================================================================================ distill
 
-DISTILL_DEFAULTS: dict[str, Any] = {
-    "train_size": None,
-    "strategy": None,  # None: cfg.prompt.name
-    "init": None,
-    "out_dir": None,
-    "max_steps": 200,
-    "batch_size": 16,
-    "lr": 5.0e-4,
-    "weight_decay": 0.0,
-    "warmup_steps": 10,
-}
-
-
-def _distill_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``stage.*`` for ``stage=distill``, ``stage.distill.*`` for a stage that embeds it, else defaults."""
-    node = cfg.stage if cfg.stage.get("name") == "distill" else cfg.stage.get("distill")
-    given = dict(to_dict(node) or {}) if node is not None else {}
-    settings = {**DISTILL_DEFAULTS, **{k: v for k, v in given.items() if k in DISTILL_DEFAULTS and v is not None}}
-    settings["strategy"] = settings["strategy"] or str(cfg.prompt.name)
-    return settings
+def distill_config(cfg: DictConfig) -> DistillConfig:
+    """The typed settings of ``stage=distill`` (or the loop's ``stage.distill_settings`` made the stage); the
+    prompt strategy defaults to the run's ``prompt`` group."""
+    d = DistillConfig.from_node(to_dict(cfg.stage))
+    return dataclasses.replace(d, strategy=d.strategy or str(cfg.prompt.name))
 
 
 def generator_item(rec: Mapping[str, Any], strategy: str) -> dict[str, Any]:
@@ -322,31 +312,29 @@ def distill_generator(cfg: DictConfig, tracker: Tracker, selected_ds: datasets.D
     from medgr2.pipeline.pretrain import base_weights
     from medgr2.training.item_dataset import ItemDataset
 
-    d = _distill_settings(cfg)
+    d = distill_config(cfg)
     rows = selected_ds
-    if d["train_size"] and len(rows) > int(d["train_size"]):
-        rows = rows.select(range(int(d["train_size"])))
+    if d.train_size and len(rows) > int(d.train_size):
+        rows = rows.select(range(int(d.train_size)))
     if len(rows) == 0:
         raise ValueError("distill: the selected dataset is empty (nothing to learn from)")
     gen_weights = cfg.generator.get("weights") if cfg.generator.get("name") == "hf" else None
-    init = d["init"] or gen_weights or base_weights(cfg, tracker)
-    strategy = str(d["strategy"])
-    module = SFTPolicy(model=to_dict(cfg.model), weights=init, lr=float(d["lr"]),
-                       weight_decay=float(d["weight_decay"]), warmup_steps=int(d["warmup_steps"]),
-                       total_steps=int(d["max_steps"]))
-    loader = DataLoader(ItemDataset(rows, lambda r: generator_item(r, strategy)), batch_size=int(d["batch_size"]),
+    init = d.init or gen_weights or base_weights(cfg, tracker)
+    strategy = str(d.strategy)
+    module = SFTPolicy(model=to_dict(cfg.model), weights=init, lr=float(d.lr), weight_decay=float(d.weight_decay),
+                       warmup_steps=int(d.warmup_steps), total_steps=int(d.max_steps))
+    loader = DataLoader(ItemDataset(rows, lambda r: generator_item(r, strategy)), batch_size=int(d.batch_size),
                         shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
-    trainer = build_trainer(cfg, tracker, max_steps=int(d["max_steps"]), ckpt_dir=None)
     log.info("distilling the generator on %d selected items (%s prompts) for %d steps from %s",
-             len(rows), strategy, d["max_steps"], init or "the model's checkpoint")
-    trainer.fit(module, loader)
-    out = Path(d["out_dir"]) if d["out_dir"] else output_dir(cfg) / "generator"
-    if trainer.is_global_zero:
-        module.export(out)
-        atomic_write_json(out / GENERATOR_META, {"strategy": strategy, "init": str(init), "train_rows": len(rows),
-                                                 "max_steps": int(d["max_steps"])})
-        tracker.set_tags({"generator_dir": str(out)})
-    trainer.strategy.barrier()
+             len(rows), strategy, d.max_steps, init or "the model's checkpoint")
+    out = Path(d.out_dir) if d.out_dir else output_dir(cfg) / "generator"
+
+    def write_meta(folder: Path) -> None:
+        atomic_write_json(folder / GENERATOR_META, {"strategy": strategy, "init": str(init),
+                                                    "train_rows": len(rows), "max_steps": int(d.max_steps)})
+
+    fit_and_export(cfg, tracker, module, loader, max_steps=int(d.max_steps), out=output_dir(cfg), export_to=out,
+                   checkpoints=False, export_tag="generator_dir", on_export=write_meta)
     return out
 
 
@@ -358,9 +346,9 @@ def run_distill(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     rows = datasets.load_from_disk(str(s.train_data))
     out = distill_generator(cfg, tracker, rows)
     print(f"distilled generator: {out}\n  use it: python train.py stage=generate generator=hf "
-          f"generator.weights={out} prompt={_distill_settings(cfg)['strategy']}")
+          f"generator.weights={out} prompt={distill_config(cfg).strategy}")
     return {"distill/train_rows": float(min(len(rows), int(s.get("train_size") or len(rows))))}
 
 
-__all__ = ["cost_estimate", "default_candidates_dir", "distill_generator", "export_candidates", "generation_sources", "generator_item",
+__all__ = ["cost_estimate", "default_candidates_dir", "distill_config", "distill_generator", "export_candidates", "generation_sources", "generator_item",
            "make_generator", "run_distill", "run_generate", "summary_metrics"]

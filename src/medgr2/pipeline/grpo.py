@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ from torch.utils.data import DataLoader
 from medgr2.modules.grpo import GRPOPolicy
 from medgr2.modules.grpo_config import GRPOConfig
 from medgr2.modules.grpo_resume import GRPOResumeState, ResumableSampler
-from medgr2.pipeline.common import build_trainer, output_dir, stage_rows, to_dict
-from medgr2.pipeline.evaluate import evaluate_model
-from medgr2.pipeline.pretrain import _instruction, base_weights
+from medgr2.pipeline.common import instruction, output_dir, stage_rows, to_dict
+from medgr2.pipeline.pretrain import base_weights
+from medgr2.pipeline.stage import fit_and_export
 from medgr2.pipeline.tracking import Tracker
 from medgr2.training.item_dataset import ItemDataset
 
@@ -48,7 +47,7 @@ def grpo_config(cfg: DictConfig) -> GRPOConfig:
     ``stage.grpo`` node after :func:`medgr2.pipeline.loop` made it the stage). Non-GRPO keys (``batch_size``,
     ``init``, ...) are ignored; ``max_steps`` is the schedule length and the instruction is the run's."""
     values = {k: v for k, v in to_dict(cfg.stage).items() if k in GRPOConfig.flat_keys()}
-    values.update(total_steps=int(cfg.stage.max_steps), instruction=_instruction(cfg))
+    values.update(total_steps=int(cfg.stage.max_steps), instruction=instruction(cfg))
     return GRPOConfig.from_flat(values)
 
 
@@ -94,23 +93,13 @@ def train_grpo(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Pat
     with open_dict(cfg):
         # GRPO uses manual optimization, for which Lightning refuses automatic clipping: the module clips.
         cfg.trainer.gradient_clip_val = None
-    out = output_dir(cfg)
-    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
-                            extra_callbacks=[resume_state])
     log.info("GRPO on %d prompts x %d rollouts for %d steps from %s (reward model: %s)", len(rows),
              s.num_generations, s.max_steps, weights or cfg.model.get("path") or "the initial weights",
              s.get("reward_model") or "none")
-    with warnings.catch_warnings():
-        # Lightning warns that checkpoints hold the post-step state under manual optimization: that is intended.
-        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-        trainer.fit(module, loader, ckpt_path=s.get("ckpt_path"))
-    metrics: dict[str, float] = {"train_prompts": float(len(rows)), "nan_batches": float(module.nan_batches)}
-    write_rank_audit(out, trainer, module)
+    out = output_dir(cfg)
     policy_dir = out / "policy"
-    if trainer.is_global_zero:
-        module.export(policy_dir)
-        tracker.set_tags({"policy_dir": str(policy_dir)})
-        if s.get("evaluate", True):
-            metrics.update(evaluate_model(cfg, module.model, module.processor, tracker, out))
-    trainer.strategy.barrier()
-    return metrics, policy_dir
+    metrics = fit_and_export(cfg, tracker, module, loader, max_steps=int(s.max_steps), out=out, export_to=policy_dir,
+                             export_tag="policy_dir", ckpt_path=s.get("ckpt_path"), extra_callbacks=[resume_state],
+                             after_fit=lambda trainer: write_rank_audit(out, trainer, module),
+                             evaluate=bool(s.get("evaluate", True)))
+    return {"train_prompts": float(len(rows)), "nan_batches": float(module.nan_batches), **metrics}, policy_dir

@@ -24,7 +24,7 @@ def _sequence_report(cfg: DictConfig, records) -> dict | None:
     from medgr2.data.synthmed import tokenizer_corpus
     from medgr2.models.factory import ModelSpec, resolve_model_path
     from medgr2.models.processor import load_processor
-    from medgr2.pipeline.pretrain import _instruction
+    from medgr2.pipeline.common import instruction
     from medgr2.pipeline.seq_stats import format_sequence_stats, sequence_stats
 
     spec = ModelSpec.from_config(cfg.model)
@@ -36,7 +36,7 @@ def _sequence_report(cfg: DictConfig, records) -> dict | None:
         log.warning("sequence lengths unknown: cannot load the processor of model %r: %s", spec.path or spec.name,
                     exc)
         return None
-    stats = sequence_stats(records, processor, _instruction(cfg), think=bool(cfg.get("think", True)),
+    stats = sequence_stats(records, processor, instruction(cfg), think=bool(cfg.get("think", True)),
                            vocab_size=vocab)
     print(format_sequence_stats(stats))
     return stats

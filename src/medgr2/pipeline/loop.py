@@ -1,4 +1,3 @@
-# Over ~450 lines: its split by responsibility is open work of issue 17 (see docs/architecture.md); behaviour is tested as it is.
 """``stage=loop``: MedGR2's closed loop (paper Algorithm 1), the default of ``python train.py``.
 
 For ``t`` in ``range(stage.iterations)``: generate candidates from new source images (G_θ) → score them with
@@ -14,6 +13,9 @@ each finished step with its outputs and metrics, and a rerun of the same command
 resumes SFT/GRPO from their last checkpoint. MLflow: the job's run (tags ``policy``, ``select_method``,
 ``k``, ``source``, ``grpo``; final ``test/*`` metrics and ``predictions.jsonl``), one nested run per
 iteration, and one nested run per executed step below it.
+
+This file orchestrates; the loop's identity and state are in :mod:`~medgr2.pipeline.loop_state`, R_φ's
+adaptation in :mod:`~medgr2.pipeline.adapt`, what it prints in :mod:`~medgr2.pipeline.loop_table`.
 """
 
 from __future__ import annotations
@@ -28,53 +30,17 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medgr2.data.schema import FEATURES, FIELDS, canonical_modality, canonical_question_type, to_dataset
-from medgr2.pipeline.common import fingerprint, load_split, to_dict, with_stage
+from medgr2.data.schema import FEATURES, FIELDS, canonical_modality, canonical_question_type
+from medgr2.pipeline.adapt import adapt_reward
+from medgr2.pipeline.common import load_split, sub_config, to_dict
+from medgr2.pipeline.loop_state import LoopState, loop_dir, loop_key
+from medgr2.pipeline.loop_table import baselines, duration, policy_label, results_table
+from medgr2.pipeline.stage import child_run
+from medgr2.pipeline.stage_config import LoopConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "loop_state.json"
-# Keys that change where or how loudly a run works, not what it computes: out of the loop's identity.
-OPERATIONAL_KEYS = ("paths", "logger", "print_config", "cpu_threads", "callbacks")
-OPERATIONAL_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "ckpt_every")
-# Summary columns of the results table: (header, metric key in the iteration's metrics).
-SUMMARY_COLUMNS = (
-    ("kept", "generate/kept"),
-    ("selected", "select/n_selected"),
-    ("D_gen", "train_rows"),
-    ("SFT acc", "sft/test/acc"),
-    ("final acc", "test/acc"),
-    ("R_φ spearman", "adapt/rm/spearman"),
-)
-
-
-# ============================================================================================ identity
-
-
-def loop_key(cfg: DictConfig) -> str:
-    """Identity of a loop: the resolved config minus operational keys (paths, logging, progress bars)."""
-    parts = {}
-    for key in cfg:
-        if key in OPERATIONAL_KEYS:
-            continue
-        value = to_dict(cfg[key])
-        if key == "trainer" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in OPERATIONAL_TRAINER_KEYS}
-        if key == "stage" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k != "dir"}
-        parts[str(key)] = value
-    return fingerprint("loop-v1", parts)
-
-
-def loop_dir(cfg: DictConfig) -> Path:
-    """Where the loop keeps its state and per-iteration artifacts (stable for a given config, so reruns resume)."""
-    if cfg.stage.get("dir"):
-        return Path(cfg.stage.dir).resolve()
-    name = str(cfg.get("experiment_name") or "default")
-    return Path(cfg.paths.root).resolve() / "outputs" / "loops" / f"{name}-{loop_key(cfg)}"
-
 
 def source_filter(cfg: DictConfig) -> dict[str, list[str]]:
     """``source=`` / ``source_axis=`` as a row filter (cross-modality / cross-task training), validated."""
@@ -90,41 +56,7 @@ def source_filter(cfg: DictConfig) -> dict[str, list[str]]:
     raise ValueError(f"source_axis={axis!r}: choose modality or question_type")
 
 
-# ============================================================================================ state
-
-
-class LoopState:
-    """Finished steps of one loop (``<loop_dir>/loop_state.json``), rewritten atomically after each step."""
-
-    def __init__(self, folder: Path, key: str):
-        import json
-
-        self.folder, self.key = folder, key
-        self.path = folder / STATE_FILE
-        data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        if data and data.get("key") != key:
-            raise ValueError(f"{folder} holds a loop with another config (key {data.get('key')} != {key}): "
-                             "set stage.dir to a new folder or remove the old one")
-        self.steps: dict[str, dict[str, Any]] = dict(data.get("steps", {}))
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        return self.steps.get(name)
-
-    def record(self, name: str, outputs: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        self.steps[name] = {"outputs": dict(outputs), "metrics": {k: float(v) for k, v in metrics.items()}}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, {"key": self.key, "steps": self.steps})
-
-
 # ============================================================================================ helpers
-
-
-def sub_config(cfg: DictConfig, stage: str | Mapping[str, Any], out: Path, **overrides: Any) -> DictConfig:
-    """A copy of ``cfg`` whose ``stage`` is ``cfg.stage.<stage>`` (resolved) or the given mapping, with
-    ``overrides``, writing into ``out``: how each step runs the single stage's code."""
-    node = dict(to_dict(cfg.stage[stage])) if isinstance(stage, str) else dict(stage)
-    node.update(overrides)
-    return with_stage(cfg, node, out)
 
 
 def last_checkpoint(out: Path) -> str | None:
@@ -160,26 +92,6 @@ def union_dataset(parts: Sequence[str | Path], out: Path) -> datasets.Dataset:
     return datasets.load_from_disk(str(out))
 
 
-def policy_graded_rows(rows: Sequence[Mapping[str, Any]], preds: Sequence[Mapping[str, Any]],
-                       grading: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """D_pref (Algorithm 1 line 12): the policy's completions as graded rows, graded by their answer against
-    the reference: correct letter -> ``grading.synonym`` (a valid answer that is not the reference text),
-    wrong letter -> ``grading.irrelevant`` (a fluent hallucination), no answer -> ``grading.deletion``."""
-    out = []
-    for rec, pred in zip(rows, preds, strict=True):
-        if pred["pred"] is None:
-            grade, target = "policy_unanswered", float(grading["deletion"])
-        elif pred["pred"] == rec["answer"]:
-            grade, target = "policy_correct", float(grading["synonym"])
-        else:
-            grade, target = "policy_wrong", float(grading["irrelevant"])
-        row = {k: rec[k] for k in FIELDS}
-        row.update(id=f"{rec['id']}#{grade}", response=pred["completion"].strip() or "<answer></answer>",
-                   target=target, grade=grade, source_id=str(rec["id"]))
-        out.append(row)
-    return out
-
-
 def seed_records(cfg: DictConfig, n: int, where: Mapping[str, Any]) -> datasets.Dataset:
     """D_seed: the last ``n`` records of the train split (after the source filter)."""
     from medgr2.pipeline.generate import filter_rows
@@ -202,26 +114,7 @@ def check_budget(cfg: DictConfig, where: Mapping[str, Any]) -> None:
             "lower stage.generate.n_sources / stage.seed_size / stage.iterations (or raise data.n_train)")
 
 
-def results_table(rows: Sequence[Mapping[str, float]], baselines: Mapping[str, float]) -> str:
-    """Plain-text table: one line per iteration (counts, SFT and final accuracy, R_φ after adaptation)."""
-
-    def fmt(key: str, v: float | None) -> str:
-        if v is None:
-            return "-"
-        return f"{100 * v:.1f}" if "acc" in key else (f"{v:.3f}" if "spearman" in key else f"{int(v)}")
-
-    head = ["iter"] + [h for h, _ in SUMMARY_COLUMNS]
-    body = [[str(t)] + [fmt(k, r.get(k)) for _, k in SUMMARY_COLUMNS] for t, r in enumerate(rows)]
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(x.rjust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body]]
-    base = ", ".join(f"{k} {100 * v:.1f}" for k, v in baselines.items())
-    return "\n".join([*lines, f"test baselines: {base}"])
-
-
 # ============================================================================================ the loop
-
-
-GRPO_PROMPTS = ("d_gen", "train")
 
 
 class Loop:
@@ -230,9 +123,7 @@ class Loop:
     def __init__(self, cfg: DictConfig, tracker: Tracker):
         self.cfg, self.tracker, self.s = cfg, tracker, cfg.stage
         self.where = source_filter(cfg)
-        self.grpo_prompts = str(cfg.stage.get("grpo_prompts", "d_gen"))
-        if self.grpo_prompts not in GRPO_PROMPTS:
-            raise ValueError(f"stage.grpo_prompts={self.grpo_prompts!r}: choose one of {', '.join(GRPO_PROMPTS)}")
+        self.c = LoopConfig.from_node(to_dict(cfg.stage))  # the loop's own keys, validated before any work
         self.dir = loop_dir(cfg)
         self.state = LoopState(self.dir, loop_key(cfg))
 
@@ -246,15 +137,9 @@ class Loop:
             log.info("loop: %s already done, skipping", name)
             metrics, outputs = done["metrics"], done["outputs"]
         else:
-            short = name.split("/", 1)[1]
-            child = itr.child(short, tags)
             start = time.monotonic()
-            try:
+            with child_run(itr, name.split("/", 1)[1], tags) as child:
                 metrics, outputs = fn(child)
-            except BaseException:
-                child.finish("FAILED")
-                raise
-            child.finish("FINISHED")
             metrics = {k: float(v) for k, v in metrics.items()}
             self.state.record(name, outputs, metrics)
             log.info("loop: %s done in %s", name, duration(time.monotonic() - start))
@@ -266,8 +151,8 @@ class Loop:
     def initial_reward_model(self) -> str:
         from medgr2.pipeline.reward import ensure_reward_model
 
-        if self.s.get("reward_model"):
-            given = Path(str(self.s.reward_model))
+        if self.c.reward_model:
+            given = Path(str(self.c.reward_model))
             if not given.is_dir():
                 raise FileNotFoundError(f"stage.reward_model={given} is not an R_φ export folder (stage=reward output)")
             return str(given)
@@ -279,7 +164,7 @@ class Loop:
         return self.step("setup/reward0", self.tracker, run)[1]["reward_model"]
 
     def seed_set(self) -> str | None:
-        n = int(self.s.seed_size)
+        n = int(self.c.seed_size)
         if n <= 0:
             return None
 
@@ -301,10 +186,9 @@ class Loop:
         from medgr2.pipeline.select import select_candidates
         from medgr2.pipeline.sft import train_sft
 
-        cfg, s, it_dir = self.cfg, self.s, self.dir / f"iter{t}"
-        itr = self.tracker.child(f"iter{t}", {"stage": "loop_iteration", "iteration": str(t)})
+        cfg, s, c, it_dir = self.cfg, self.s, self.c, self.dir / f"iter{t}"
         summary: dict[str, float] = {}
-        try:
+        with child_run(self.tracker, f"iter{t}", {"stage": "loop_iteration", "iteration": str(t)}) as itr:
             def generate(tr: Tracker):
                 sub = sub_config(cfg, "generate", it_dir / "generate", iteration=t, where=self.where or None,
                                  source_offset=t * int(s.generate.n_sources))
@@ -345,12 +229,12 @@ class Loop:
             train_data = o["train_data"]
             summary.update(m)
 
-            grpo_on = bool(s.grpo_enabled)
+            grpo_on = bool(c.grpo_enabled)
 
             def sft(tr: Tracker):
                 out = it_dir / "sft"
                 sub = sub_config(cfg, "sft", out, train_data=train_data, init=policy, ckpt_path=last_checkpoint(out),
-                                 evaluate=bool(s.eval_after_sft) or not grpo_on)
+                                 evaluate=bool(c.eval_after_sft) or not grpo_on)
                 m, pdir = train_sft(sub, tr)
                 return m, {"policy": str(pdir), "predictions": str(out / "predictions.jsonl")}
 
@@ -364,7 +248,7 @@ class Loop:
                     out = it_dir / "grpo"
                     # d_gen: Algorithm 1's prompts; train: the benchmark's labelled train questions (GRPO needs
                     # only the answer letter, not a rationale)
-                    prompts = train_data if self.grpo_prompts == "d_gen" else None
+                    prompts = train_data if self.c.grpo_prompts == "d_gen" else None
                     sub = sub_config(cfg, "grpo", out, train_data=prompts, init=policy, reward_model=rm_path,
                                      ckpt_path=last_checkpoint(out), evaluate=True)
                     m, pdir = train_grpo(sub, tr)
@@ -375,16 +259,16 @@ class Loop:
                 final = {k: v for k, v in m.items() if k.startswith("test/")}
             summary.update(final)
 
-            if bool(s.adapt_reward) and t + 1 < int(s.iterations):
+            if bool(c.adapt_reward) and t + 1 < int(c.iterations):
                 def adapt(tr: Tracker):
-                    m, new_rm = self.adapt_reward(t, tr, policy, rm_path, it_dir / "adapt")
+                    m, new_rm = adapt_reward(cfg, t, tr, policy, rm_path, it_dir / "adapt", self.where)
                     return m, {"reward_model": str(new_rm)}
 
                 m, o = self.step(f"iter{t}/adapt", itr, adapt)
                 rm_path = o["reward_model"]
                 summary.update({f"adapt/{k}": v for k, v in m.items()})
 
-            if bool(s.distill):
+            if bool(c.distill):
                 def distill(tr: Tracker):
                     from medgr2.pipeline.generate import distill_generator
 
@@ -399,63 +283,12 @@ class Loop:
                 else:
                     log.warning("stage.distill: the %s generator cannot load distilled weights; the export %s is "
                                 "kept (use generator=hf to generate with it)", cfg.generator.name, o["generator"])
-        except BaseException:
-            itr.finish("FAILED")
-            raise
-        itr.finish("FINISHED")
         return {"summary": summary, "final": final, "policy": policy, "predictions": predictions, "rm": rm_path,
                 "d_gen": d_gen, "gen_weights": gen_weights}
 
-    # ---------------------------------------------------------------- R_φ^{t+1}
-    def adapt_reward(self, t: int, tracker: Tracker, policy: str, rm_path: str, out: Path) -> tuple[dict, Path]:
-        """Grade the policy's answers on this iteration's source images (D_pref) and retrain R_φ from its
-        previous export on D_pref plus a replay of D_grade."""
-        from medgr2.data.grade_config import GRADED_FEATURES
-        from medgr2.evaluation.evaluate import predict
-        from medgr2.models.factory import load_vlm
-        from medgr2.pipeline.common import instruction
-        from medgr2.pipeline.generate import generation_sources
-        from medgr2.pipeline.grade import build_grade_dataset
-        from medgr2.pipeline.reward import train_reward
-
-        cfg, s, a = self.cfg, self.s, self.s.adapt
-        gen_sub = sub_config(cfg, "generate", out, where=self.where or None,
-                             source_offset=t * int(s.generate.n_sources))
-        sources = generation_sources(gen_sub).cast_column("image", datasets.Image())
-        prompts = sources.shuffle(seed=int(cfg.seed) + t).select(range(min(int(a.samples), len(sources))))
-        model, processor = load_vlm(to_dict(cfg.model), weights=policy, lora=False)
-        preds = predict(model, processor, prompts, instruction=instruction(cfg),
-                        batch_size=int(cfg.evaluate.batch_size), max_new_tokens=int(cfg.evaluate.max_new_tokens),
-                        progress=False)
-        grading = to_dict(s.reward.grading)
-        from medgr2.pipeline.reward_pairs import heldout_ranking_metrics, rollout_preferences
-
-        extra = rollout_preferences(cfg, t, model, processor, prompts, grading)  # stage.adapt.d_pref / heldout
-        del model
-        rows = extra["rows"] or policy_graded_rows(prompts, preds, grading)
-        pref = to_dataset(rows, extra_features=GRADED_FEATURES)
-        r_sub = sub_config(cfg, "reward", out)
-        d_grade, _ = build_grade_dataset(r_sub, r_sub.stage, tracker)
-        replay = d_grade.shuffle(seed=int(cfg.seed) + t).select(range(min(int(a.replay), len(d_grade))))
-        mixed = datasets.concatenate_datasets([pref, replay.select_columns(pref.column_names).cast(pref.features)])
-        pref_dir = out / "d_pref"
-        with atomic_dir(pref_dir) as tmp:
-            mixed.save_to_disk(str(tmp))
-        r = sub_config(cfg, "reward", out, init=rm_path, train_data=str(pref_dir), max_steps=int(a.max_steps),
-                       lr=float(a.lr), head_lr=float(a.lr), batch_size=int(a.batch_size), warmup_steps=0,
-                       ckpt_path=None)
-        metrics, _ = train_reward(r, r.stage, tracker, out)
-        if extra["heldout"] is not None:
-            metrics.update(heldout_ranking_metrics(rm_path, str(out / "reward_model"), extra["heldout"]))
-        metrics.update(extra["metrics"])
-        n = len(preds)
-        metrics.update({"pref/rows": float(n), "pref/policy_acc": sum(p["pred"] == q["answer"] for p, q in
-                                                                     zip(preds, prompts, strict=True)) / max(n, 1)})
-        return metrics, out / "reward_model"
-
     # ---------------------------------------------------------------- all of it
     def run(self) -> dict[str, float]:
-        cfg, s = self.cfg, self.s
+        cfg, c = self.cfg, self.c
         check_budget(cfg, self.where)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / "config.json", _public_config(cfg))
@@ -463,7 +296,7 @@ class Loop:
 
         sel = selection_settings(cfg)
         tags = {"policy": policy_label(cfg, sel), "select_method": str(sel["method"]),
-                "grpo": str(bool(s.grpo_enabled)).lower(), "iterations": str(int(s.iterations)),
+                "grpo": str(bool(c.grpo_enabled)).lower(), "iterations": str(int(c.iterations)),
                 "loop_dir": str(self.dir)}
         if sel.get("k") is not None and sel["method"] in ("topk", "randk"):
             tags["k"] = str(int(sel["k"]))
@@ -472,7 +305,7 @@ class Loop:
         if self.where:
             tags.update(source=",".join(next(iter(self.where.values()))), source_axis=next(iter(self.where)))
         self.tracker.set_tags(tags)
-        print(f"MedGR2 loop: {s.iterations} iteration(s) in {self.dir}")
+        print(f"MedGR2 loop: {c.iterations} iteration(s) in {self.dir}")
 
         rm_path = self.initial_reward_model()
         seed = self.seed_set()
@@ -480,14 +313,14 @@ class Loop:
         policy: str | None = None
         gen_weights = cfg.generator.get("weights") if cfg.generator.get("name") == "hf" else None
         rows, final, predictions = [], {}, None
-        for t in range(int(s.iterations)):
+        for t in range(int(c.iterations)):
             res = self.iteration(t, rm_path, d_gen, policy, gen_weights)
             rm_path, d_gen, policy, gen_weights = res["rm"], res["d_gen"], res["policy"], res["gen_weights"]
             final, predictions = res["final"], res["predictions"]
             rows.append(res["summary"])
             self.tracker.log_metrics({f"loop/{k}": v for k, v in res["summary"].items()}, step=t)
             # The table so far after every iteration: the first result is on screen after iteration 0.
-            print(results_table(rows, _baselines(final)), flush=True)
+            print(results_table(rows, baselines(final)), flush=True)
         metrics = dict(final)
         metrics.update({k: v for k, v in rows[-1].items() if k.startswith("sft/test/")})
         self.tracker.log_metrics(metrics)
@@ -496,34 +329,6 @@ class Loop:
         self.tracker.set_tags({"policy_dir": str(policy), "reward_model": str(rm_path)})
         print(f"final policy: {policy}\nR_φ: {rm_path}")
         return metrics
-
-
-def _baselines(final: Mapping[str, float]) -> dict[str, float]:
-    return {k.split("/")[1]: v for k, v in final.items() if k in ("test/chance", "test/majority")}
-
-
-def duration(seconds: float) -> str:
-    """``42.0s``, ``3m05s``, ``1h02m``: a step's time on the console."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-
-
-def policy_label(cfg: DictConfig, sel: Mapping[str, Any]) -> str:
-    """A readable row label: experiment, selection, GRPO, source."""
-    method = str(sel["method"])
-    what = {"topk": f"TopK k={sel.get('k')}", "randk": f"RandK k={sel.get('k')}",
-            "threshold": f"tau>{sel.get('tau')}", "all": "all"}.get(method, method)
-    label = f"{cfg.get('experiment_name') or 'default'}: {what}"
-    if cfg.stage.grpo_enabled:
-        label += " +GRPO"
-    if cfg.get("source"):
-        label += f" [{cfg.get('source_axis') or 'modality'}={cfg.source}]"
-    if int(cfg.stage.iterations) > 1:
-        label += f" T={int(cfg.stage.iterations)}"
-    return label
 
 
 def _public_config(cfg: DictConfig) -> dict[str, Any]:
@@ -537,5 +342,5 @@ def run_loop(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     return Loop(cfg, tracker).run()
 
 
-__all__ = ["Loop", "LoopState", "loop_dir", "loop_key", "policy_graded_rows", "results_table", "run_loop",
-           "source_filter", "sub_config", "union_dataset"]
+__all__ = ["Loop", "as_vqa", "check_budget", "last_checkpoint", "run_loop", "seed_records", "source_filter",
+           "union_dataset"]

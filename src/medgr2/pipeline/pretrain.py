@@ -31,7 +31,6 @@ from medgr2.data.prompting import split_rationale, user_text
 from medgr2.data.synthmed import describe
 from medgr2.modules.sft import SFTPolicy
 from medgr2.pipeline.common import (
-    build_trainer,
     cache_dir,
     fingerprint,
     instruction,
@@ -41,6 +40,7 @@ from medgr2.pipeline.common import (
     seed_part,
     to_dict,
 )
+from medgr2.pipeline.stage import child_run, fit_and_export
 from medgr2.pipeline.tracking import Tracker
 from medgr2.training.item_dataset import ItemDataset
 from medgr2.utils.io import atomic_dir
@@ -133,14 +133,8 @@ def run_pretrain_stage(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
 
 def _pretrain_in_child_run(cfg: DictConfig, out: Path, tracker: Tracker | None) -> None:
-    child = (tracker or Tracker()).child("pretrain")
-    try:
-        with isolated_seed(product_seed(cfg, "base")):  # seeds.base, not the run's seed: sweeps share the base
-            run_pretrain(cfg, out, child)
-    except BaseException:
-        child.finish("FAILED")
-        raise
-    child.finish("FINISHED")
+    with child_run(tracker or Tracker(), "pretrain") as child, isolated_seed(product_seed(cfg, "base")):
+        run_pretrain(cfg, out, child)  # seeds.base, not the run's seed: sweeps share the base
 
 
 def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
@@ -152,13 +146,6 @@ def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
                        total_steps=int(p.steps), lora=False)
     loader = DataLoader(ItemDataset(rows, lambda r: pretrain_item(r, instr)), batch_size=int(p.batch_size),
                         shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
-    trainer = build_trainer(cfg, tracker, max_steps=int(p.steps), ckpt_dir=None, label="pretrain")
-    trainer.fit(module, loader)
-    if trainer.is_global_zero:
-        module.export(out)
-    trainer.strategy.barrier()
+    fit_and_export(cfg, tracker, module, loader, max_steps=int(p.steps), out=out, export_to=out, checkpoints=False,
+                   label="pretrain")
     return out
-
-
-#: Kept for pipeline/grpo.py, which imports it from here; new code uses ``pipeline.common.instruction``.
-_instruction = instruction

@@ -1,7 +1,7 @@
 """R_φ adapted on the policy's own rollouts (paper Algorithm 1 line 12, D_pref as pairs), an image-grounding
 negative, and R_φ's accuracy at ranking the policy's right vs wrong rollouts of held-out prompts.
 
-Today's adaptation (``stage.adapt.d_pref=greedy``, :meth:`medgr2.pipeline.loop.Loop.adapt_reward`) grades ONE
+Today's adaptation (``stage.adapt.d_pref=greedy``, :func:`medgr2.pipeline.adapt.adapt_reward`) grades ONE
 greedy answer per prompt: R_φ sees the policy's errors only on prompts the policy gets wrong greedily, and never
 a right and a wrong answer to the same question side by side. ``stage.adapt.d_pref=pairs`` samples G rollouts per
 prompt at the GRPO temperature and keeps, for each prompt with both, pairs of a right and a wrong rollout

@@ -9,7 +9,6 @@ selected rows (all columns) are written atomically as a ``datasets`` folder, whi
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from medgr2.data.pools import SCORE_HINT, SelectionError, open_pool, pool_identi
 from medgr2.data.rows import save_rows
 from medgr2.data.selection import select
 from medgr2.pipeline.common import cache_dir, fingerprint, output_dir, to_dict, with_stage
+from medgr2.pipeline.stage import Artifact
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json
 
@@ -95,12 +95,12 @@ def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, floa
     unused = {"topk": ("tau", "seed"), "randk": ("tau",), "threshold": ("k", "seed"), "all": ("k", "tau", "seed")}
     relevant = {k: v for k, v in settings.items() if k not in unused.get(str(settings["method"]), ())}
     key = fingerprint("select-v1", pool.identity(), [pool_identity(e) for e in use_existing], relevant)
-    out = Path(s.out_dir) if s.get("out_dir") else cache_dir(cfg) / "selected" / f"sel-{key}"
-    meta_path = out / SELECTION_META
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
-        meta = json.loads(meta_path.read_text())
-        log.info("reusing the identical selection in %s", out)
-    else:
+    selection = Artifact(Path(s.out_dir) if s.get("out_dir") else cache_dir(cfg) / "selected" / f"sel-{key}", key,
+                         SELECTION_META)
+    if selection.meta() is not None:
+        log.info("reusing the identical selection in %s", selection.path)
+
+    def build(tmp: Path) -> dict[str, Any]:
         exclude = set()
         for e in use_existing:
             exclude |= pool_dedupe_keys(e, batch_size=int(s.batch_size))
@@ -116,9 +116,11 @@ def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, floa
             batch_size=int(s.batch_size),
             stratify=settings.get("stratify") or None,
         )
-        meta = {"key": key, "pool": str(pool_path), "existing": use_existing, "settings": settings,
-                **result.summary()}
-        save_rows(pool, out, result.positions, extra_json={SELECTION_META: meta})
+        save_rows(pool, tmp, result.positions)
+        return {"pool": str(pool_path), "existing": use_existing, "settings": settings, **result.summary()}
+
+    meta = selection.get_or_build(build)
+    out = selection.path
     if meta["n_selected"] == 0:
         log.warning("the selection is empty (%s on %d candidates): later stages will have no data",
                     settings["method"], meta["n_pool"])

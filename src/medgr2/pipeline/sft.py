@@ -10,10 +10,11 @@ from torch.utils.data import DataLoader
 
 from medgr2.data.collate import ChatCollator, vqa_item
 from medgr2.modules.sft import SFTPolicy
-from medgr2.pipeline.common import build_trainer, load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.common import instruction as config_instruction
-from medgr2.pipeline.evaluate import evaluate_model
+from medgr2.pipeline.common import load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.pretrain import base_weights
+from medgr2.pipeline.stage import fit_and_export
+from medgr2.pipeline.stage_config import SFTConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.training.item_dataset import ItemDataset
 
@@ -21,17 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def run_sft(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    """``stage=sft``: :func:`train_sft`'s metrics."""
     return train_sft(cfg, tracker)[0]
 
 
 def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
     """SFT with ``cfg.stage``; returns the metrics (test metrics when ``stage.evaluate``) and the policy folder."""
-    s = cfg.stage
-    weights = s.get("init") or base_weights(cfg, tracker)
+    s = SFTConfig.from_node(to_dict(cfg.stage))  # unknown keys and bad values fail here, before any work
+    weights = s.init or base_weights(cfg, tracker)
     instruction = config_instruction(cfg)
-    think = bool(s.get("think", True))
+    think = bool(s.think)
     rows = stage_rows(cfg, "training rows")
-    val = load_split(cfg, "val", limit=s.get("val_size"))
+    val = load_split(cfg, "val", limit=s.val_size)
     module = SFTPolicy(model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
                        warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps))
     collate = ChatCollator(module.processor)
@@ -42,18 +44,11 @@ def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path
     train_dl = DataLoader(ItemDataset(rows, to_item), batch_size=int(s.batch_size), shuffle=True,
                           collate_fn=collate, num_workers=0)
     val_dl = DataLoader(ItemDataset(val, to_item), batch_size=int(s.batch_size), collate_fn=collate)
-    out = output_dir(cfg)
-    trainer = build_trainer(cfg, tracker, max_steps=int(s.max_steps), ckpt_dir=out / "checkpoints",
-                            val_every=min(int(s.get("val_every", 200)), int(s.max_steps)))
     log.info("SFT on %d rows (think=%s) for %d steps from %s", len(rows), think, s.max_steps,
              weights or cfg.model.get("path") or "the tiny model's random init")  # a real checkpoint is not scratch
-    trainer.fit(module, train_dl, val_dl, ckpt_path=s.get("ckpt_path"))
-    metrics: dict[str, float] = {"train_rows": float(len(rows))}
+    out = output_dir(cfg)
     policy_dir = out / "policy"
-    if trainer.is_global_zero:
-        module.export(policy_dir)
-        tracker.set_tags({"policy_dir": str(policy_dir)})
-        if s.get("evaluate", True):
-            metrics.update(evaluate_model(cfg, module.model, module.processor, tracker, out))
-    trainer.strategy.barrier()
-    return metrics, policy_dir
+    metrics = fit_and_export(cfg, tracker, module, train_dl, val_dl, max_steps=int(s.max_steps), out=out,
+                             export_to=policy_dir, export_tag="policy_dir", ckpt_path=s.ckpt_path,
+                             val_every=min(int(s.val_every), int(s.max_steps)), evaluate=bool(s.evaluate))
+    return {"train_rows": float(len(rows)), **metrics}, policy_dir

@@ -150,7 +150,7 @@ class MLflowTracker(Tracker):
 # Overrides that change where or how loudly a job runs, not what it computes: left out of run names and of the
 # ``sweep`` tag (the report groups seeds by recipe + sweep).
 OPERATIONAL_OVERRIDES = ("paths.", "logger.", "hydra.", "callbacks", "print_config", "cpu_threads",
-                         "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.ckpt_every")
+                         "trainer.enable_progress_bar", "trainer.log_every_n_steps", "checkpoint.")
 
 
 def job_overrides() -> list[str]:

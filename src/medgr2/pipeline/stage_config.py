@@ -1,0 +1,163 @@
+"""Typed configs of the SFT, distill and loop stages: one default per key, validated in ``__post_init__``.
+
+``conf/stage/{sft,distill,loop}.yaml`` keep their keys (every recipe and sweep overrides them by name) and
+document them; ``tests/test_stage_config.py`` checks that each YAML value equals the dataclass default, so the two
+cannot drift apart. A stage reads its node through :meth:`from_node`: an unknown key (a typo such as
+``stage.max_step=``) and a bad value fail before anything is built, in one line naming the key. The GRPO knobs have
+their own typed config (:mod:`medgr2.modules.grpo_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+GRPO_PROMPTS = ("d_gen", "train")
+#: The loop's nodes that are single stages' own configs (each read by that stage's code).
+LOOP_STEP_NODES = ("generate", "score", "sft", "grpo", "reward", "distill_settings")
+
+T = TypeVar("T")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _from_node(cls: type[T], node: Mapping[str, Any], stage: str, ignore: tuple[str, ...] = ()) -> T:
+    """``cls(**node)`` minus ``ignore``; an unknown key is a one-line error naming it and the stage."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in dict(node).items() if k not in ignore}
+    unknown = sorted(k for k in values if k not in known)
+    _check(not unknown, f"unknown stage={stage} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def _positive(name: str, value: int | float | None, allow_none: bool = False) -> None:
+    _check((allow_none and value is None) or (value is not None and value > 0),
+           f"{name} must be > 0{' or null' if allow_none else ''}, got {value}")
+
+
+@dataclass
+class SFTConfig:
+    """``stage=sft`` (paper Eq. 2; also the loop's ``stage.sft`` node): loss on the answer tokens only."""
+
+    name: str = "sft"
+    think: bool = True  # target <think>rationale</think><answer>X</answer>; False: <answer>X</answer> only
+    train_data: str | None = None  # a saved dataset (e.g. a selection); None: the benchmark's train split
+    train_size: int | None = 2000  # rows used (None: all)
+    val_size: int | None = 200
+    max_steps: int = 400
+    batch_size: int = 32
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 30
+    val_every: int = 200
+    init: str | None = None  # weights to start from; None: the pretrained base / the model's checkpoint
+    ckpt_path: str | None = None  # resume a killed run from its checkpoints/last.ckpt
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size", "lr", "val_every"):
+            _positive(f"stage.{key}", getattr(self, key))
+        for key in ("train_size", "val_size"):
+            _positive(f"stage.{key}", getattr(self, key), allow_none=True)
+        _check(self.warmup_steps >= 0, f"stage.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"stage.weight_decay must be >= 0, got {self.weight_decay}")
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> SFTConfig:
+        """From a resolved ``stage`` node (a plain mapping)."""
+        return _from_node(cls, node, "sft")
+
+
+@dataclass
+class DistillConfig:
+    """``stage=distill`` (Algorithm 1 line 14; also the loop's ``stage.distill_settings``): the generator
+    fine-tuned on selected candidates with the SFT module."""
+
+    name: str = "distill"
+    train_data: str | None = None  # stage=distill: a selected dataset folder (stage=select output)
+    train_size: int | None = None  # rows used (None: all)
+    strategy: str | None = None  # generator prompt the items are rendered with; None: the run's prompt.name
+    init: str | None = None  # None: generator.weights when generator=hf, else the pretrained base
+    out_dir: str | None = None  # None: <run output dir>/generator
+    max_steps: int = 200
+    batch_size: int = 16
+    lr: float = 5.0e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size", "lr"):
+            _positive(f"stage.{key}", getattr(self, key))
+        _positive("stage.train_size", self.train_size, allow_none=True)
+        _check(self.warmup_steps >= 0, f"stage.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"stage.weight_decay must be >= 0, got {self.weight_decay}")
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> DistillConfig:
+        """From a resolved ``stage`` node; a null value takes the default (the loop passes its settings whole)."""
+        return _from_node(cls, {k: v for k, v in dict(node).items() if v is not None}, "distill")
+
+
+@dataclass
+class AdaptConfig:
+    """R_φ^{t+1} from R_φ^t (Algorithm 1 lines 12-13; :mod:`medgr2.pipeline.adapt`)."""
+
+    samples: int = 256  # policy completions (greedy) on the iteration's source images, graded by their answer
+    replay: int = 512  # D_grade rows mixed in, so R_φ keeps its grade scale (and its held-out set)
+    max_steps: int = 100
+    lr: float = 5.0e-4
+    batch_size: int = 32
+    # D_pref from the policy's own rollouts (docs/rl_generalization.md; medgr2.pipeline.reward_pairs)
+    d_pref: str = "greedy"  # greedy: one graded greedy answer per prompt | pairs: a right and a wrong rollout
+    rollouts: int | None = None  # d_pref=pairs: rollouts per prompt (None: stage.grpo.num_generations)
+    max_pairs: int = 1  # d_pref=pairs: pairs per prompt
+    image_negatives: bool = False  # d_pref=pairs: the right rollout under another prompt's image, graded irrelevant
+    heldout: int = 0  # > 0: R_φ's ranking accuracy on the policy's rollouts of this many validation prompts
+
+    def __post_init__(self) -> None:
+        for key in ("samples", "max_steps", "lr", "batch_size", "max_pairs"):
+            _positive(f"stage.adapt.{key}", getattr(self, key))
+        _check(self.replay >= 0, f"stage.adapt.replay must be >= 0, got {self.replay}")
+        _check(self.heldout >= 0, f"stage.adapt.heldout must be >= 0, got {self.heldout}")
+        _check(self.d_pref in ("greedy", "pairs"), f"stage.adapt.d_pref must be greedy or pairs, got {self.d_pref!r}")
+        if self.rollouts is not None:
+            _positive("stage.adapt.rollouts", self.rollouts)
+
+
+@dataclass
+class LoopConfig:
+    """``stage=loop`` (Algorithm 1): the loop's own keys. Its step nodes (:data:`LOOP_STEP_NODES`) are the
+    single stages' configs and are read by those stages."""
+
+    name: str = "loop"
+    iterations: int = 2  # T
+    seed_size: int = 200  # D_seed rows from the end of the train split; 0: none
+    grpo_enabled: bool = True  # line 11 (False: SFT only)
+    grpo_prompts: str = "d_gen"  # d_gen (Algorithm 1: the SFT data) | train (the benchmark's train questions)
+    eval_after_sft: bool = True  # also evaluate the SFT policy before GRPO
+    adapt_reward: bool = True  # lines 12-13
+    distill: bool = False  # line 14
+    dir: str | None = None  # None: <paths.root>/outputs/loops/<experiment_name>-<key>
+    reward_model: str | None = None  # an existing R_φ export to start from; None: train R_φ^0
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adapt, Mapping):
+            self.adapt = _from_node(AdaptConfig, self.adapt, "loop (stage.adapt)")
+        _positive("stage.iterations", self.iterations)
+        _check(self.seed_size >= 0, f"stage.seed_size must be >= 0, got {self.seed_size}")
+        _check(self.grpo_prompts in GRPO_PROMPTS,
+               f"stage.grpo_prompts={self.grpo_prompts!r}: choose one of {', '.join(GRPO_PROMPTS)}")
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> LoopConfig:
+        """From the resolved ``stage`` node of ``stage=loop`` (its step nodes are left to the steps)."""
+        return _from_node(cls, node, "loop", ignore=LOOP_STEP_NODES)
+
+
+__all__ = ["GRPO_PROMPTS", "LOOP_STEP_NODES", "AdaptConfig", "DistillConfig", "LoopConfig", "SFTConfig"]
