@@ -5,12 +5,11 @@
 # (seeds.base / seeds.reward / seeds.pool) and are built once and shared by every job, as the claims compare
 # arms on the same pool and reward model.
 #
-# Expected time (not measured yet; from the README's per-run figures): reproduce.sh runs ~45 jobs in about an
-# hour and a half on 2 cores, two jobs at a time (~1-2 minutes of wall time per job, two in parallel); the loop
-# alone takes 2.3 minutes with R_φ^0 cached. This script runs 3 x (4 + 17 + 1) = 66 jobs: about 1.5-2 hours of
-# wall time on 2 otherwise idle cores (~3-4 CPU-hours), plus the base (~15 min) and the pool (~10 min) when
-# they are not cached yet. Seeds 1 and 2 alone (seed 0 already in the store from this commit): two thirds.
-#
+# Measured 2026-12-03 (commit a785399, 2 cores shared with other work most of the time, two jobs at a time):
+# shared products 3.0 min (pool and R_φ^0 cached; the base and the default R_φ^0 ship with the repository),
+# Table 2 (12 jobs) 20.4 min, the loop (3 jobs in parallel) 8.6 min, Figure 2 TopK/RandK (24 jobs) 31.5 min,
+# Rand-all (3) 5.6 min, TopK matched K=1,000/2,000 (6) 8.9 min, TopK+GRPO (12) 23.8 min, TopK matched
+# K=4,000/8,000 (6) see docs/statistics.md: about 1 h 55 min of wall time for the 69 jobs.
 #   bash experiments/reproduce_seeds.sh                 # everything
 #   SEEDS=1,2 STEPS="fig2" bash experiments/reproduce_seeds.sh
 set -euo pipefail
@@ -35,7 +34,7 @@ if step fig2; then say "Figure 2 x seeds $SEEDS"
   time $PY train.py -m $PAR experiment=rand_all seed=$SEEDS
 fi
 if step loop; then say "the closed loop (T=2) x seeds $SEEDS"
-  time $PY train.py -m seed=$SEEDS cpu_threads=1   # one at a time: the first builds the loop's R_phi^0
+  time $PY train.py -m $PAR seed=$SEEDS   # R_phi^0 of the default config ships with the repository
 fi
 if step report; then say "tables, figures and the claims table from MLflow -> $OUT"
   $PY -m medgr2.report --out "$OUT"
