@@ -188,3 +188,28 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path: Path):
     assert a["id"] == b["id"] and len(a) > 0
     assert _rows(a) == _rows(b)
     assert not list(killed.glob(".*tmp*"))  # leftovers of the killed process were cleaned up
+
+
+def _generate_into(out: str, started: str) -> int:
+    """One process's generation run (module level so a spawned process can import it)."""
+    Path(started).touch()
+    summary = run_generation(SOURCES, SimulatedBackend(seed=2), "step_by_step", out, samples_per_source=2,
+                             shard_size=4, progress=False)
+    return summary.requested
+
+
+def test_two_processes_generating_into_one_folder_both_finish_with_one_complete_pool(tmp_path: Path):
+    # Parallel sweep jobs that need the same uncached pool: without the folder lock the second writer's manifest
+    # commit deleted the first one's temporary shard files (FileNotFoundError, seen in a 3-job sweep).
+    import multiprocessing as mp
+
+    out = tmp_path / "gen"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        done = pool.starmap(_generate_into, [(str(out), str(tmp_path / f"s{i}")) for i in range(2)])
+    assert done == [len(SOURCES) * 2] * 2
+    alone = tmp_path / "alone"
+    run_generation(SOURCES, SimulatedBackend(seed=2), "step_by_step", alone, samples_per_source=2, shard_size=4,
+                   progress=False)
+    assert _rows(load_generated(out, require_complete=True)) == _rows(load_generated(alone, require_complete=True))
+    assert not list(out.glob(".*.tmp-*"))

@@ -51,6 +51,7 @@ from medgr2.generation.store import (
     write_shard,
 )
 from medgr2.generation.validate import candidate_id, parse_candidate
+from medgr2.utils.io import exclusive_lock
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,20 @@ def run_generation(
     configuration raises :class:`~medgr2.generation.store.GenerationConfigError`. When the backend reports a
     ``fatal`` error (a refused key), the work done so far is committed and :class:`GenerationStopped` is
     raised. Read the result with :func:`~medgr2.generation.store.load_generated`.
+
+    Holds an exclusive lock on ``out_dir`` (:func:`~medgr2.utils.io.exclusive_lock`): parallel jobs building one
+    pool once deleted each other's temporary shards; now the second waits, then resumes the finished pool.
     """
+    with exclusive_lock(out_dir, what="generating candidates into"):
+        return _run_generation(sources, backend, strategy, out_dir, samples_per_source=samples_per_source,
+                               iteration=iteration, seed=seed, shard_size=shard_size, question_types=question_types,
+                               progress=progress, retry_failed=retry_failed)
+
+
+def _run_generation(sources: Sequence[Mapping[str, Any]], backend: GeneratorBackend, strategy: str, out_dir: Path | str,
+                    *, samples_per_source: int, iteration: int, seed: int, shard_size: int,
+                    question_types: Sequence[str] | None, progress: bool, retry_failed: bool) -> GenerationSummary:
+    """The body of :func:`run_generation` (caller holds the folder lock)."""
     t0 = time.perf_counter()
     if shard_size < 1 or samples_per_source < 1:
         raise ValueError("shard_size and samples_per_source must be ≥ 1")

@@ -207,3 +207,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """JSON-dump ``obj`` to ``path`` atomically (sorted keys, indented)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | Path, what: str = "writing") -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``.<folder name>.lock`` beside ``folder`` (POSIX ``flock``) for the block.
+
+    For folders with one writer at a time (a generation run's shards and manifest): a second process that
+    wants the same folder waits, saying so once, and then finds the first one's finished work. The lock goes
+    with the process, so a killed writer never leaves it held.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Beside the folder, not in it: the folder's contents stay exactly what its writer put there.
+    with open(folder.parent / f".{folder.name}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is %s %s; waiting for it to finish", what, folder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
