@@ -192,8 +192,7 @@ def run_generation(
     ``fatal`` error (a refused key), the work done so far is committed and :class:`GenerationStopped` is
     raised. Read the result with :func:`~medgr2.generation.store.load_generated`.
 
-    Holds an exclusive lock on ``out_dir`` (:func:`~medgr2.utils.io.exclusive_lock`): parallel jobs building one
-    pool once deleted each other's temporary shards; now the second waits, then resumes the finished pool.
+    Holds a lock on ``out_dir`` (:func:`~medgr2.utils.io.exclusive_lock`): a second writer waits, then resumes.
     """
     with exclusive_lock(out_dir, what="generating candidates into"):
         return _run_generation(sources, backend, strategy, out_dir, samples_per_source=samples_per_source,
