@@ -116,18 +116,20 @@ def _kill_while_writing_chunk(n: int) -> Callable[[], None]:
 
 
 def _kill_while_saving_the_output() -> Callable[[], None]:
-    """SIGKILL after the scored dataset was saved to the temporary folder, before its rename."""
+    """SIGKILL after the scored dataset was saved to the temporary folder, before its rename (the artifact
+    layer writes the meta, then renames)."""
     def patch():
         import medgr2.pipeline.resumable_scoring as scoring
+        import medgr2.pipeline.stage as stage
 
-        orig = scoring.atomic_write_json
+        orig = stage.atomic_write_json
 
         def write(path, obj):
             if Path(path).name == scoring.SCORE_META:
                 _die()
             orig(path, obj)
 
-        scoring.atomic_write_json = write
+        stage.atomic_write_json = write
     return patch
 
 

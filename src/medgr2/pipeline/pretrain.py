@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -40,10 +41,9 @@ from medgr2.pipeline.common import (
     seed_part,
     to_dict,
 )
-from medgr2.pipeline.stage import child_run, fit_and_export
+from medgr2.pipeline.stage import Artifact, child_run, fit_and_export
 from medgr2.pipeline.tracking import Tracker
 from medgr2.training.item_dataset import ItemDataset
-from medgr2.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,29 @@ def base_key(cfg: DictConfig) -> str:
     return fingerprint(model_part, cfg.data, m.get("pretrain"), cfg.data.get("instruction"), *seed_part(cfg, "base"))
 
 
+def output_path(cfg: DictConfig, folder: Path | None = None) -> Path:
+    """Where the pretrained base of this config is cached (``<cache>/base/pretrained-<key>``; it may not exist
+    yet), or would be in ``folder`` (the shipped bases' folder)."""
+    return (folder if folder is not None else cache_dir(cfg) / "base") / f"pretrained-{base_key(cfg)}"
+
+
+def _complete_export(folder: Path) -> bool:
+    # A base folder written before the artifact meta: the model's config and weights are there. (Such folders
+    # were exported in place, so a killed export could leave the config without the weights.)
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+
+
+def base_artifact(cfg: DictConfig, folder: Path | None = None) -> Artifact:
+    """The pretrained base as a cached product: :func:`output_path` under :func:`base_key`; folders from before
+    the artifact meta are recognised by their export files."""
+    return Artifact(output_path(cfg, folder), base_key(cfg), ready=_complete_export)
+
+
 def shipped_base(cfg: DictConfig, shipped_dir: Path | None = None) -> Path | None:
     """The base the package ships (in ``shipped_dir``, default :data:`SHIPPED_DIR`) for this config's
     :func:`base_key`, or None when it ships none for it."""
-    path = (shipped_dir or SHIPPED_DIR) / f"pretrained-{base_key(cfg)}"
-    return path if (path / "config.json").exists() else None
+    shipped = base_artifact(cfg, shipped_dir or SHIPPED_DIR)
+    return shipped.path if shipped.meta() is not None else None
 
 
 def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
@@ -90,7 +108,7 @@ def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
     (``model.pretrain`` unset) or the data is not SynthMed.
 
     The shipped base when its key matches (every machine then starts from the same weights), else the cached
-    one, pretrained on first use."""
+    one, pretrained on first use (by every DDP rank together; rank 0 publishes it)."""
     pcfg = cfg.model.get("pretrain")
     if not pcfg or not pcfg.get("enabled", True) or cfg.data.name != "synthmed":
         return None
@@ -98,13 +116,13 @@ def base_weights(cfg: DictConfig, tracker: Tracker | None = None) -> str | None:
     if shipped is not None:
         log.info("using the shipped pretrained base %s", shipped)
         return str(shipped)
-    path = cache_dir(cfg) / "base" / f"pretrained-{base_key(cfg)}"
-    if (path / "config.json").exists():
-        log.info("reusing the cached pretrained base %s", path)
-        return str(path)
-    log.info("pretraining the tiny base model once (cached at %s)", path)
-    _pretrain_in_child_run(cfg, path, tracker)
-    return str(path)
+    base = base_artifact(cfg)
+    if base.meta() is not None:
+        log.info("reusing the cached pretrained base %s", base.path)
+        return str(base.path)
+    log.info("pretraining the tiny base model once (cached at %s)", base.path)
+    base.get_or_build(lambda tmp: _pretrain_in_child_run(cfg, tmp, tracker), collective=True)
+    return str(base.path)
 
 
 def ship_base(cfg: DictConfig, tracker: Tracker | None = None, shipped_dir: Path | None = None) -> Path:
@@ -114,14 +132,14 @@ def ship_base(cfg: DictConfig, tracker: Tracker | None = None, shipped_dir: Path
         raise ValueError("stage.ship=true ships the tiny model's pretrained base: it needs model.pretrain and "
                          "data=synthmed")
     shipped_dir = shipped_dir or SHIPPED_DIR
-    target = shipped_dir / f"pretrained-{base_key(cfg)}"
-    with atomic_dir(target) as tmp:
-        _pretrain_in_child_run(cfg, tmp, tracker)
-    for old in shipped_dir.glob("pretrained-*"):
-        if old != target:
-            shutil.rmtree(old)
-            log.info("removed the previously shipped base %s", old)
-    return target
+    target = base_artifact(cfg, shipped_dir)
+    target.get_or_build(lambda tmp: _pretrain_in_child_run(cfg, tmp, tracker), rebuild=True, collective=True)
+    if rank_zero_only.rank == 0:
+        for old in shipped_dir.glob("pretrained-*"):
+            if old != target.path:
+                shutil.rmtree(old)
+                log.info("removed the previously shipped base %s", old)
+    return target.path
 
 
 def run_pretrain_stage(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:

@@ -17,7 +17,8 @@ from typing import Any
 
 import datasets
 
-from medgr2.utils.io import atomic_dir, atomic_write_json
+from medgr2.pipeline.stage import Artifact
+from medgr2.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,37 @@ def score_dataset(ds: datasets.Dataset, scorer, output: str | Path, chunk_size: 
     ``<output>.chunks/chunk-NNNNN.json`` and a rerun with the same input, model and chunking skips the
     chunks already there (a different input or model discards them). Each row's ``provenance`` JSON gains
     ``{"reward": {"score": s, "model": path}}``. An existing output with the same meta is returned as is.
-    """
-    from tqdm.auto import tqdm
 
+    The output is an :class:`~medgr2.pipeline.stage.Artifact` keyed by the input, model, chunking, response
+    column and instruction (its meta ``score_meta.json``); under DDP rank 0 scores and the other ranks wait.
+    """
     output = Path(output)
     chunks_dir = output.with_name(output.name + ".chunks")
     model_id = dict(model_id or {"path": scorer.path})
     meta = {"input": ds._fingerprint, "n": len(ds), "model": model_id, "chunk_size": int(chunk_size),
             "response_key": response_key, "instruction": scorer.instruction}
-    if (output / SCORE_META).exists() and json.loads((output / SCORE_META).read_text()).get("meta") == meta:
+    # Outputs written before the artifact meta recorded this key under "meta": they stay valid.
+    scored = Artifact(output, meta, SCORE_META, legacy_key="meta")
+    if scored.meta() is not None:
         log.info("already scored: %s", output)
         return datasets.load_from_disk(str(output))
+
+    def build(tmp: Path) -> dict[str, Any]:
+        # The chunks live beside the output, not in the temporary folder: a killed run resumes from them.
+        scores = _score_chunks(ds, scorer, chunks_dir, meta, chunk_size, batch_size, response_key, progress)
+        _with_scores(ds, scores, model_id.get("path")).save_to_disk(str(tmp))
+        return {"n": len(scores), "mean_score": sum(scores) / len(scores) if scores else math.nan}
+
+    scored.get_or_build(build)
+    shutil.rmtree(chunks_dir, ignore_errors=True)
+    return datasets.load_from_disk(str(output))
+
+
+def _score_chunks(ds: datasets.Dataset, scorer, chunks_dir: Path, meta: Mapping[str, Any], chunk_size: int,
+                  batch_size: int, response_key: str, progress: bool) -> list[float]:
+    """Every row's score, from the chunk files in ``chunks_dir`` that match ``meta``, scoring the missing ones."""
+    from tqdm.auto import tqdm
+
     if chunks_dir.exists():
         old = json.loads((chunks_dir / "meta.json").read_text()) if (chunks_dir / "meta.json").exists() else None
         if old != meta:
@@ -81,24 +102,22 @@ def score_dataset(ds: datasets.Dataset, scorer, output: str | Path, chunk_size: 
         if chunk["start"] != s or len(chunk["scores"]) != min(chunk_size, n - s):
             raise RuntimeError(f"corrupt score chunk {s} in {chunks_dir}: delete the folder and rerun")
         all_scores.extend(float(x) for x in chunk["scores"])
+    return all_scores
 
+
+def _with_scores(ds: datasets.Dataset, all_scores: list[float], model_path: str | None) -> datasets.Dataset:
+    """``ds`` with a ``score`` column (last) and ``{"reward": {"score", "model"}}`` in each row's provenance."""
     columns = [c for c in ds.column_names if c != "score"]
     out = ds.remove_columns(["score"]) if "score" in ds.column_names else ds
     if "provenance" in columns:
         provs = []
         for prov, score in zip(out["provenance"], all_scores, strict=True):
             p = json.loads(prov or "{}")
-            p["reward"] = {"score": score, "model": model_id.get("path")}
+            p["reward"] = {"score": score, "model": model_path}
             provs.append(json.dumps(p, sort_keys=True))
         out = out.remove_columns(["provenance"]).add_column("provenance", provs)
     out = out.add_column("score", all_scores).cast_column("score", datasets.Value("float32"))
-    out = out.select_columns([*columns, "score"])  # keep the input's column order, score last
-    with atomic_dir(output) as tmp:
-        out.save_to_disk(str(tmp))
-        atomic_write_json(tmp / SCORE_META, {"meta": meta, "n": n,
-                                             "mean_score": sum(all_scores) / n if n else math.nan})
-    shutil.rmtree(chunks_dir, ignore_errors=True)
-    return datasets.load_from_disk(str(output))
+    return out.select_columns([*columns, "score"])  # keep the input's column order, score last
 
 
 __all__ = ["SCORE_META", "model_id", "score_dataset"]

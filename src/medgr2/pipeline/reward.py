@@ -46,8 +46,8 @@ from medgr2.pipeline.common import (
     to_dict,
 )
 from medgr2.pipeline.grade import build_grade_dataset
+from medgr2.pipeline.stage import Artifact
 from medgr2.pipeline.tracking import Tracker
-from medgr2.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,25 @@ def reward_key(cfg: DictConfig, r: DictConfig | None = None) -> str:
     return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"), *seed_part(cfg, "reward"))
 
 
-def output_path(cfg: DictConfig, r: DictConfig | None = None) -> Path:
+def output_path(cfg: DictConfig, r: DictConfig | None = None, folder: Path | None = None) -> Path:
     """Where ``stage=reward`` with these settings caches its R_φ export (``<cache>/reward/rm-<key>``; it may
-    not exist yet). Later stages look an R_φ up with :func:`find_reward_model`, which also knows the shipped one."""
-    return cache_dir(cfg) / "reward" / f"rm-{reward_key(cfg, r)}"
+    not exist yet), or would in ``folder`` (the shipped R_φ^0's folder). Later stages look an R_φ up with
+    :func:`find_reward_model`, which also knows the shipped one."""
+    return (folder if folder is not None else cache_dir(cfg) / "reward") / f"rm-{reward_key(cfg, r)}"
+
+
+def _is_export(folder: Path) -> bool:
+    # An R_φ folder written before the artifact meta: an export is complete once its head config is there
+    # (it was copied into the cache atomically).
+    from medgr2.modules.reward import HEAD_CONFIG
+
+    return (folder / HEAD_CONFIG).exists()
+
+
+def reward_artifact(cfg: DictConfig, r: DictConfig | None = None, folder: Path | None = None) -> Artifact:
+    """The R_φ of these settings as a cached product: :func:`output_path` under :func:`reward_key`; exports
+    from before the artifact meta are recognised by their head config."""
+    return Artifact(output_path(cfg, r, folder), reward_key(cfg, r), ready=_is_export)
 
 
 def _sha256(path: Path) -> str:
@@ -111,8 +126,9 @@ def shipped_reward_model(cfg: DictConfig, r: DictConfig | None = None, shipped_d
     only when it was trained from the base this config starts from: the shipped base, byte for byte."""
     from medgr2.modules.reward import HEAD_CONFIG
 
-    path = (shipped_dir or SHIPPED_DIR) / output_path(cfg, r).name
-    if not (path / HEAD_CONFIG).exists():
+    shipped = reward_artifact(cfg, r, shipped_dir or SHIPPED_DIR)
+    path = shipped.path
+    if shipped.meta() is None:
         return None
     lineage = json.loads((path / HEAD_CONFIG).read_text()).get("lineage") or {}
     base = _shipped_base_id(cfg)
@@ -125,13 +141,11 @@ def shipped_reward_model(cfg: DictConfig, r: DictConfig | None = None, shipped_d
 def find_reward_model(cfg: DictConfig, r: DictConfig | None = None) -> Path | None:
     """The R_φ for these settings that exists already: the shipped one when its key matches, else the cached
     one (:func:`output_path`); None when neither exists."""
-    from medgr2.modules.reward import HEAD_CONFIG
-
     shipped = shipped_reward_model(cfg, r)
     if shipped is not None:
         return shipped
-    path = output_path(cfg, r)
-    return path if (path / HEAD_CONFIG).exists() else None
+    cached = reward_artifact(cfg, r)
+    return cached.path if cached.meta() is not None else None
 
 
 def _training_item(row: Mapping[str, Any], instruction: str, resolve_letter: bool) -> dict[str, Any]:
@@ -195,7 +209,24 @@ def _init_module(cfg: DictConfig, r: DictConfig, tracker: Tracker, train_targets
 
 
 def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) -> tuple[dict[str, float], Path]:
-    """Train R_φ with settings ``r``; export to ``out/reward_model`` and the cache. Returns metrics, cache path."""
+    """Train R_φ with settings ``r``; export to ``out/reward_model`` and (re)publish it in the cache
+    (:func:`reward_artifact`; under DDP every rank trains, rank 0 publishes). Returns metrics, cache path."""
+    cached = reward_artifact(cfg, r)
+    metrics: dict[str, float] = {}
+
+    def build(tmp: Path) -> None:
+        m, export = _fit_reward(cfg, r, tracker, out, cached.path)
+        metrics.update(m)
+        if export is not None:  # rank 0's
+            shutil.copytree(export, tmp, dirs_exist_ok=True)
+
+    cached.get_or_build(build, rebuild=True, collective=True)
+    return metrics, cached.path
+
+
+def _fit_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path,
+                cache_path: Path) -> tuple[dict[str, float], Path | None]:
+    """Train R_φ, export it to ``out/reward_model`` on rank 0; returns (metrics, the export on rank 0 else None)."""
     from torch.utils.data import DataLoader
 
     from medgr2.modules.reward import reward_metrics
@@ -242,7 +273,7 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
     trainer.fit(module, train_dl, val_dl if val_all else None, ckpt_path=r.get("ckpt_path"))
 
     metrics: dict[str, float] = {"rm/train_rows": float(len(train_rows)), "rm/val_rows": float(len(val_rows))}
-    cache_path = output_path(cfg, r)
+    export = None
     if trainer.is_global_zero:
         if val_all:
             # The held-out numbers of the final model, scored the way later stages score (eval, no grad).
@@ -251,13 +282,11 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
                                    [v["source_id"] for v in val_all], hi=module.hparams.hi, lo=module.hparams.lo)
             metrics.update({f"rm/{k}": v for k, v in final.items()})
         export = module.export(out / "reward_model", lineage)
-        with atomic_dir(cache_path) as tmp:
-            shutil.copytree(export, tmp, dirs_exist_ok=True)
         tracker.set_tags({"rm.export": str(export), "rm.cache": str(cache_path)})
         tracker.log_metrics(metrics)
         log.info("R_φ held-out: %s", {k: round(v, 4) for k, v in metrics.items()})
     trainer.strategy.barrier()
-    return metrics, cache_path
+    return metrics, export
 
 
 def run_reward(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
@@ -284,8 +313,7 @@ def ensure_reward_model(cfg: DictConfig, tracker: Tracker | None = None) -> Path
     if found is not None:
         log.info("reusing the %s R_φ %s", "shipped" if found.parent == SHIPPED_DIR else "cached", found)
         return found
-    path = output_path(cfg, r)
-    log.info("no cached R_φ at %s: training it", path)
+    log.info("no cached R_φ at %s: training it", output_path(cfg, r))
     with isolated_seed(product_seed(cfg, "reward")):  # seeds.reward, not the run's seed: sweeps share R_φ^0
         _, path = train_reward(cfg, r, tracker or Tracker(), output_dir(cfg) / "reward_train")
     return path
@@ -315,12 +343,16 @@ def ship_export(cfg: DictConfig, export: Path, shipped_dir: Path | None = None) 
     r = rm_settings(cfg)
     base = _ship_checks(cfg, r)
     shipped_dir = shipped_dir or SHIPPED_DIR
-    target = shipped_dir / output_path(cfg, r).name
+    shipped = reward_artifact(cfg, r, shipped_dir)
+    target = shipped.path
     meta = json.loads((Path(export) / HEAD_CONFIG).read_text())
     meta["lineage"] = {"generation": 0, "parent": None, "train_data": dgrade_path(cfg, r).name, **base}
-    with atomic_dir(target) as tmp:
+
+    def build(tmp: Path) -> None:
         shutil.copytree(export, tmp, dirs_exist_ok=True)
         (tmp / HEAD_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    shipped.get_or_build(build, rebuild=True)
     for old in shipped_dir.glob("rm-*"):
         if old != target:
             shutil.rmtree(old)
@@ -329,4 +361,4 @@ def ship_export(cfg: DictConfig, export: Path, shipped_dir: Path | None = None) 
 
 
 __all__ = ["NON_KEY_SETTINGS", "SHIPPED_DIR", "ensure_reward_model", "find_reward_model", "output_path",
-           "reward_key", "rm_settings", "run_reward", "ship_export", "shipped_reward_model", "train_reward"]
+           "reward_artifact", "reward_key", "rm_settings", "run_reward", "ship_export", "shipped_reward_model", "train_reward"]

@@ -11,13 +11,15 @@ A stage reads top to bottom with these (lightning-hydra-template's ``train()`` i
 * :func:`fit_and_export`: Trainer from the config, fit, export on global rank 0, evaluate there, barrier.
 * :class:`Artifact`: a cached product — a folder built under a key, with one meta format
   (``{"key": <key>, ...}`` in a JSON file inside it), written atomically so a folder with a matching meta is
-  complete, reused when the key matches and built otherwise.
+  complete, reused when the key matches and built otherwise; under DDP rank 0 publishes it, the other ranks
+  wait for it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -100,6 +102,24 @@ def fit_and_export(cfg: DictConfig, tracker: Tracker, module, train_dl, val_dl=N
 # ============================================================================================ cached products
 
 
+#: How long a process that does not publish a product (a rank other than 0) waits for rank 0's: a stuck or
+#: dead rank 0 then ends in a clear error rather than a silent hang.
+WAIT_TIMEOUT_S = 6 * 3600.0
+
+
+class _NotThePublisher(Exception):
+    """Raised inside :func:`atomic_dir` by a rank that took part in a collective build but does not publish:
+    its temporary folder is discarded."""
+
+
+def _global_rank() -> int:
+    """This process's global rank: 0 without DDP; Lightning sets it from the environment at import (a DDP
+    child process) and again when a Trainer sets up, so it is exact after a fit."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def _json_value(value: Any) -> Any:
     """``value`` as it reads back from its meta file (tuples become lists, unknown types strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
@@ -112,38 +132,81 @@ class Artifact:
     Its meta file (``meta_file`` inside the folder) is ``{"key": key, ...what the build reported}`` and is
     written into the temporary folder before it is renamed into place: a folder whose meta holds this key is
     a complete build of it. A folder with another key (e.g. a user's ``out_dir`` reused for other settings)
-    is rebuilt. ``legacy_key``: the field a product's meta recorded its key under before this format (its
-    existing folders stay valid: rebuilding one could change what depends on it, e.g. a dataset fingerprint).
+    is rebuilt. Folders written before this format stay valid (rebuilding one could change what depends on
+    it, e.g. a dataset fingerprint, or cost an hour of training):
+
+    * ``legacy_key``: the field a product's meta recorded its key under before;
+    * ``ready``: for a product that had no meta of its own and carries its key in its folder name (the
+      pretrained base, an R_φ export), a folder *without* the meta file is this key's product when
+      ``ready(folder)`` says it is complete.
+
+    Under DDP (several processes), rank 0 builds and publishes; see :meth:`get_or_build`.
     """
 
     path: Path
     key: Any
     meta_file: str = ARTIFACT_META
     legacy_key: str | None = None
+    ready: Callable[[Path], bool] | None = None
 
     def meta(self) -> dict[str, Any] | None:
         """The meta of the folder when it holds this key's product, else None."""
-        f = Path(self.path) / self.meta_file
-        if not f.exists():
-            return None
-        meta = json.loads(f.read_text())
+        folder = Path(self.path)
+        f = folder / self.meta_file
         key = _json_value(self.key)
+        if not f.exists():
+            return {"key": key} if self.ready is not None and self.ready(folder) else None
+        meta = json.loads(f.read_text())
         if meta.get("key") == key or (self.legacy_key is not None and meta.get(self.legacy_key) == key):
             return meta
         return None
 
-    def get_or_build(self, build: Callable[[Path], Mapping[str, Any] | None], rebuild: bool = False) -> dict[str, Any]:
+    def get_or_build(self, build: Callable[[Path], Mapping[str, Any] | None], rebuild: bool = False,
+                     collective: bool = False, wait_s: float = WAIT_TIMEOUT_S) -> dict[str, Any]:
         """The meta of the cached product, building it first when absent (or when ``rebuild``): ``build(tmp)``
         writes the product into the temporary folder ``tmp`` and returns what its meta should record beside
-        the key."""
+        the key.
+
+        Under DDP only global rank 0 publishes the folder; the other ranks wait until it is there (polling its
+        meta, at most ``wait_s`` seconds) and return its meta. ``collective``: the build takes every rank (it
+        trains with the Trainer of a DDP job, which exports on rank 0 only): each rank runs ``build`` in a
+        folder of its own, rank 0 publishes its folder and the others discard theirs. Otherwise ranks other
+        than 0 do not build at all.
+        """
         meta = None if rebuild else self.meta()
         if meta is not None:
             log.debug("reusing %s", self.path)
             return meta
-        with atomic_dir(Path(self.path)) as tmp:
-            meta = {**dict(build(tmp) or {}), "key": _json_value(self.key)}
-            atomic_write_json(tmp / self.meta_file, meta)
+        if not collective and _global_rank() != 0:
+            return self._wait(None, wait_s)
+        # Every rank enters a collective build before rank 0 can leave it (the fit synchronises them), so a
+        # meta written after this moment is the rebuilt one.
+        since = time.time()
+        try:
+            with atomic_dir(Path(self.path)) as tmp:
+                built = dict(build(tmp) or {})
+                # The rank is read after the build: a Trainer that ran inside it set the exact global rank.
+                if _global_rank() != 0:
+                    raise _NotThePublisher
+                meta = {**built, "key": _json_value(self.key)}
+                atomic_write_json(tmp / self.meta_file, meta)
+        except _NotThePublisher:
+            return self._wait(since if rebuild else None, wait_s)
         return meta
 
+    def _wait(self, since: float | None, wait_s: float) -> dict[str, Any]:
+        """Rank 0's meta once it has published the folder (with ``since``: a meta written after that time, so
+        a collective rebuild is not answered by the folder it replaces)."""
+        deadline = time.monotonic() + wait_s
+        log.info("waiting for rank 0 to publish %s", self.path)
+        while True:
+            meta = self.meta()
+            f = Path(self.path) / self.meta_file
+            if meta is not None and (since is None or (f.exists() and f.stat().st_mtime >= since)):
+                return meta
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank 0 did not publish {self.path} within {wait_s:.0f} s (is it still running?)")
+            time.sleep(0.5)
 
-__all__ = ["ARTIFACT_META", "Artifact", "child_run", "fit_and_export", "tracked_run"]
+
+__all__ = ["ARTIFACT_META", "WAIT_TIMEOUT_S", "Artifact", "child_run", "fit_and_export", "tracked_run"]
