@@ -216,3 +216,26 @@ def test_a_scored_dataset_is_reused_and_rescored_for_another_key(make_cfg, tmp_p
     again = score_dataset(rows, scorer, out, chunk_size=3, progress=False)
     assert scorer.rows == 12 and again["score"] == first["score"]
     assert json.loads((out / SCORE_META).read_text())["key"]["chunk_size"] == 3
+
+
+def test_d_grade_is_built_once_then_reused_and_rebuilt_for_another_key(make_cfg, monkeypatch):
+    from medgr2.data.wordnet import WordNetNotFoundError, load_wordnet
+    from medgr2.pipeline import grade
+
+    try:
+        load_wordnet()
+    except WordNetNotFoundError as exc:  # grading needs it; test_wordnet checks the error message
+        pytest.skip(str(exc))
+    calls = _count_calls(monkeypatch, grade, "build_graded")
+    cfg = make_cfg("stage=grade", "logger=none", "stage.source.size=6", "stage.grading.seed=123")
+    ds, path = grade.build_grade_dataset(cfg)
+    assert path == grade.output_path(cfg) and calls[0] == 1 and len(ds) > 0
+    meta = json.loads((path / grade.GRADE_META).read_text())
+    assert meta["key"] == grade.grade_key(cfg) and meta["n_records"] == 6
+    assert grade.build_grade_dataset(cfg)[0]["response"] == ds["response"] and calls[0] == 1
+    # A D_grade from before the artifact meta (its meta without a key) is reused as it is.
+    atomic_write_json(path / grade.GRADE_META, {k: v for k, v in meta.items() if k != "key"})
+    assert grade.build_grade_dataset(cfg)[1] == path and calls[0] == 1
+    atomic_write_json(path / grade.GRADE_META, {**meta, "key": "another"})
+    grade.build_grade_dataset(cfg)
+    assert calls[0] == 2 and json.loads((path / grade.GRADE_META).read_text())["key"] == grade.grade_key(cfg)

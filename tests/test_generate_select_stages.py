@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from medgr2.data.pools import SelectionError
 from medgr2.pipeline import run
 from medgr2.pipeline.generate import generator_item
+from medgr2.pipeline.select import output_path as select_output_path
 from medgr2.pipeline.tracking import Tracker, resolved_config
 
 QUIET = ("logger=none", "stage.progress=false")
@@ -59,9 +60,11 @@ def test_select_topk_writes_exactly_k_rows(make_cfg, tmp_path):
     pool = _scored_pool(make_cfg, tmp_path)
     scored = datasets.load_from_disk(str(pool))
     ranked = [i for _, i in sorted(zip(scored["score"], scored["id"], strict=True), key=lambda t: (-t[0], t[1]))]
-    m = run(make_cfg("stage=select", "select=topk", "k=5", f"stage.pool={pool}", "logger=none"))
+    cfg = make_cfg("stage=select", "select=topk", "k=5", f"stage.pool={pool}", "logger=none")
+    m = run(cfg)
     assert m["select/n_selected"] == 5 and m["select/n_pool"] == len(scored)
     meta = json.loads((tmp_path / "out" / "selection_meta.json").read_text())
+    assert meta["output"] == str(select_output_path(cfg))  # where other stages find it, publicly
     out = datasets.load_from_disk(meta["output"])
     assert len(out) == 5 and out["id"] == ranked[:5]  # best first, full rows
     assert out.column_names == scored.column_names and out[0]["image"] is not None

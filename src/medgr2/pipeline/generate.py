@@ -142,6 +142,21 @@ def default_candidates_dir(cfg: DictConfig, sources: datasets.Dataset, backend: 
     return cache_dir(cfg) / "candidates" / f"cand-{key}"
 
 
+def output_path(cfg: DictConfig) -> Path:
+    """Where ``stage=generate`` with ``cfg.stage`` generates: ``stage.out_dir``, else
+    :func:`default_candidates_dir` (which builds the backend to read its fingerprint)."""
+    s = cfg.stage
+    if s.get("out_dir"):
+        return Path(s.out_dir)
+    return default_candidates_dir(cfg, generation_sources(cfg), make_generator(cfg))
+
+
+def export_path(out_dir: Path) -> Path:
+    """The exported candidates (a ``datasets`` folder) of the generation folder ``out_dir``."""
+    # Not directly under out_dir: the store's cleanup removes `.*.tmp-*` leftovers there.
+    return Path(out_dir) / "export" / "candidates"
+
+
 def export_candidates(out_dir: Path, force: bool = False) -> Path:
     """Save the kept candidates of a generation ``out_dir`` as a ``datasets`` folder
     (``<out_dir>/export/candidates``, what ``stage=score stage.input=`` loads), streaming the shards.
@@ -156,8 +171,7 @@ def export_candidates(out_dir: Path, force: bool = False) -> Path:
         "fingerprint": manifest["fingerprint"],
         "shards": {k: e["file"] for k, e in sorted(manifest["shards"].items())},
     }
-    # Not directly under out_dir: the store's cleanup removes `.*.tmp-*` leftovers there.
-    export = Artifact(out_dir / "export" / "candidates", stamp, EXPORT_META, legacy_key="stamp")
+    export = Artifact(export_path(out_dir), stamp, EXPORT_META, legacy_key="stamp")
     n = sum(e["kept"] for e in manifest["shards"].values())
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -350,5 +364,6 @@ def run_distill(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     return {"distill/train_rows": float(min(len(rows), int(s.get("train_size") or len(rows))))}
 
 
-__all__ = ["cost_estimate", "default_candidates_dir", "distill_config", "distill_generator", "export_candidates", "generation_sources", "generator_item",
-           "make_generator", "run_distill", "run_generate", "summary_metrics"]
+__all__ = ["cost_estimate", "default_candidates_dir", "distill_config", "distill_generator", "export_candidates",
+           "export_path", "generation_sources", "generator_item", "make_generator", "output_path", "run_distill",
+           "run_generate", "summary_metrics"]

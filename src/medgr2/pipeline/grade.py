@@ -21,8 +21,8 @@ from medgr2.data.grade_transforms import wrong_letter_rows
 from medgr2.data.grading import build_graded
 from medgr2.data.schema import to_dataset
 from medgr2.pipeline.common import cache_dir, fingerprint, load_split, to_dict
+from medgr2.pipeline.stage import Artifact
 from medgr2.pipeline.tracking import Tracker
-from medgr2.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def _source_records(cfg: DictConfig, g: DictConfig) -> datasets.Dataset:
     return ds
 
 
-def output_path(cfg: DictConfig, g: DictConfig | None = None) -> Path:
-    """Where D_grade for these settings lives (``g``: a node with ``source`` and ``grading``; default
-    ``cfg.stage``). The folder may not exist yet."""
+def grade_key(cfg: DictConfig, g: DictConfig | None = None) -> str:
+    """Cache key of D_grade for these settings (``g``: a node with ``source`` and ``grading``; default
+    ``cfg.stage``): the source records and the grading config."""
     g = g if g is not None else cfg.stage
     src = g.source
     if src.get("path"):
@@ -60,7 +60,25 @@ def output_path(cfg: DictConfig, g: DictConfig | None = None) -> Path:
         key = fingerprint("split", cfg.data, str(src.split), src.get("size"))
     extra = float(g.get("wrong_letter_rate") or 0.0)
     parts = (key, g.grading) if extra == 0 else (key, g.grading, {"wrong_letter_rate": extra})
-    return cache_dir(cfg) / "grade" / f"dgrade-{fingerprint(*parts)}"
+    return fingerprint(*parts)
+
+
+def output_path(cfg: DictConfig, g: DictConfig | None = None) -> Path:
+    """Where D_grade for these settings lives (``<cache>/grade/dgrade-<key>``, :func:`grade_key`). The folder
+    may not exist yet."""
+    return cache_dir(cfg) / "grade" / f"dgrade-{grade_key(cfg, g)}"
+
+
+def _saved_dataset(folder: Path) -> bool:
+    # A D_grade folder from before the artifact meta: its meta has no key, the saved dataset is complete
+    # (it was written atomically).
+    return (folder / "dataset_info.json").exists()
+
+
+def grade_artifact(cfg: DictConfig, g: DictConfig | None = None) -> Artifact:
+    """D_grade of these settings as a cached product (meta :data:`GRADE_META`, key :func:`grade_key`)."""
+    key = grade_key(cfg, g)
+    return Artifact(cache_dir(cfg) / "grade" / f"dgrade-{key}", key, GRADE_META, ready=_saved_dataset)
 
 
 def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
@@ -71,28 +89,27 @@ def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
     carry their grade…) to the log and, when given, the tracker.
     """
     g = g if g is not None else cfg.stage
-    path = output_path(cfg, g)
+    dgrade = grade_artifact(cfg, g)
+    path = dgrade.path
     rate = float(g.get("wrong_letter_rate") or 0.0)
-    if (path / "dataset_info.json").exists():
-        log.info("reusing D_grade %s", path)
-        meta = json.loads((path / GRADE_META).read_text()) if (path / GRADE_META).exists() else {}
-    elif rate > 0:
+
+    def with_hard_negatives(tmp: Path) -> dict[str, Any]:
         # The paper's four grades (cached on their own: the WordNet pass is the slow part) + hard negatives.
         plain = OmegaConf.create(to_dict(g))
         plain.wrong_letter_rate = 0.0
         base, _ = build_grade_dataset(cfg, plain)
-        meta = json.loads((output_path(cfg, plain) / GRADE_META).read_text())
+        meta = {k: v for k, v in grade_artifact(cfg, plain).meta().items() if k != "key"}
         gcfg = grade_config(g.grading)
         originals = base.filter(lambda grade: grade == "original", input_columns=["grade"]).to_list()
         extra = wrong_letter_rows(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
         ds = datasets.concatenate_datasets([base, to_dataset(extra, extra_features=GRADED_FEATURES)])
         meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], "wrong_letter": len(extra)},
                     wrong_letter_rate=rate)
-        with atomic_dir(path) as tmp:
-            ds.save_to_disk(str(tmp))
-            atomic_write_json(tmp / GRADE_META, meta)
+        ds.save_to_disk(str(tmp))
         log.info("D_grade + %d wrong-letter hard negatives -> %s", len(extra), path)
-    else:
+        return meta
+
+    def four_grades(tmp: Path) -> dict[str, Any]:
         records = _source_records(cfg, g)
         rows, skipped = build_graded(list(records), grade_config(g.grading))
         if not rows:
@@ -100,14 +117,16 @@ def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["grade"]] = counts.get(row["grade"], 0) + 1
-        meta = {"n_records": len(records), "n_rows": len(rows), "rows_per_grade": counts,
-                "skipped": dict(skipped), "grading": to_dict(g.grading), "source": to_dict(g.source)}
-        with atomic_dir(path) as tmp:
-            to_dataset(rows, extra_features=GRADED_FEATURES).save_to_disk(str(tmp))
-            atomic_write_json(tmp / GRADE_META, meta)
+        to_dataset(rows, extra_features=GRADED_FEATURES).save_to_disk(str(tmp))
         log.info("D_grade: %d rows from %d records -> %s; skipped %s", len(rows), len(records), path,
                  dict(skipped))
-    if tracker is not None and meta:
+        return {"n_records": len(records), "n_rows": len(rows), "rows_per_grade": counts,
+                "skipped": dict(skipped), "grading": to_dict(g.grading), "source": to_dict(g.source)}
+
+    if dgrade.meta() is not None:
+        log.info("reusing D_grade %s", path)
+    meta = dgrade.get_or_build(with_hard_negatives if rate > 0 else four_grades)
+    if tracker is not None and "n_rows" in meta:
         m = {"grade/rows": meta["n_rows"], "grade/records": meta["n_records"]}
         m.update({f"grade/rows/{k}": v for k, v in meta["rows_per_grade"].items()})
         m.update({f"grade/skipped/{k}": v for k, v in meta["skipped"].items()})
@@ -124,4 +143,5 @@ def run_grade(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     return {"grade/rows": float(len(ds))}
 
 
-__all__ = ["GRADE_META", "build_grade_dataset", "grade_config", "output_path", "run_grade"]
+__all__ = ["GRADE_META", "build_grade_dataset", "grade_artifact", "grade_config", "grade_key", "output_path",
+           "run_grade"]

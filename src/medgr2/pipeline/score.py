@@ -27,11 +27,10 @@ from medgr2.pipeline.tracking import Tracker
 
 def generated_candidates(cfg: DictConfig) -> Path:
     """The exported candidates of ``stage=generate`` run with the settings under ``cfg.stage.generate``."""
+    from medgr2.pipeline import generate
     from medgr2.pipeline.common import with_stage
-    from medgr2.pipeline.generate import default_candidates_dir, generation_sources, make_generator
 
-    gen = with_stage(cfg, cfg.stage.generate)
-    export = default_candidates_dir(gen, generation_sources(gen), make_generator(gen)) / "export" / "candidates"
+    export = generate.export_path(generate.output_path(with_stage(cfg, cfg.stage.generate)))
     if not export.exists():
         raise FileNotFoundError(f"no generated candidates at {export}: run `python train.py stage=generate` with the "
                                 "same overrides first, or pass stage.input=<a candidates dataset> "

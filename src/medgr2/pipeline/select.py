@@ -10,6 +10,7 @@ selected rows (all columns) are written atomically as a ``datasets`` folder, whi
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,23 +72,25 @@ def run_select(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     return select_candidates(cfg, tracker)[0]
 
 
-def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
-    """:func:`run_select`'s work; returns (metrics, folder of the selected rows)."""
+@dataclass(frozen=True)
+class _Plan:
+    """What a selection reads and where it goes: the pool, D_gen to exclude, the settings, the cached product."""
+
+    pool_path: Path
+    pool: Any
+    existing: list[str]
+    settings: dict[str, Any]
+    selection: Artifact
+
+
+def _plan(cfg: DictConfig) -> _Plan:
     s = cfg.stage
     settings = selection_settings(cfg)
-    used = _used_by(str(settings["method"]))
-    for key in ("k", "tau"):
-        if cfg.get(key) is not None and key != used:
-            log.warning("%s=%s is ignored by select=%s", key, cfg.get(key), settings["method"])
     pool_path = Path(s.pool) if s.get("pool") else default_pool(cfg)
     if not pool_path.exists():
         raise SelectionError(f"the candidate pool {pool_path} does not exist: {SCORE_HINT}")
     pool = open_pool(pool_path)
-    existing = _existing_paths(s.get("existing"))
-    allow_overlap = bool(settings["allow_overlap"])
-    if existing and allow_overlap:
-        log.warning("stage.existing is ignored: allow_overlap=true keeps candidates already in D_gen")
-    use_existing = existing if not allow_overlap else []
+    use_existing = [] if settings["allow_overlap"] else _existing_paths(s.get("existing"))
     missing = [e for e in use_existing if not Path(e).exists()]
     if missing:
         raise SelectionError(f"stage.existing (D_gen) not found: {missing}")
@@ -95,8 +98,33 @@ def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, floa
     unused = {"topk": ("tau", "seed"), "randk": ("tau",), "threshold": ("k", "seed"), "all": ("k", "tau", "seed")}
     relevant = {k: v for k, v in settings.items() if k not in unused.get(str(settings["method"]), ())}
     key = fingerprint("select-v1", pool.identity(), [pool_identity(e) for e in use_existing], relevant)
-    selection = Artifact(Path(s.out_dir) if s.get("out_dir") else cache_dir(cfg) / "selected" / f"sel-{key}", key,
-                         SELECTION_META)
+    path = Path(s.out_dir) if s.get("out_dir") else cache_dir(cfg) / "selected" / f"sel-{key}"
+    return _Plan(pool_path, pool, use_existing, settings, Artifact(path, key, SELECTION_META))
+
+
+def output_path(cfg: DictConfig) -> Path:
+    """Where ``stage=select`` with these settings writes (``stage.out_dir``, else
+    ``<cache>/selected/sel-<key>``, keyed by the pool, D_gen and the settings the method uses; it may not
+    exist yet).
+
+    :raises SelectionError: no pool yet (or a missing ``stage.existing``): the key needs them.
+    """
+    return _plan(cfg).selection.path
+
+
+def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
+    """:func:`run_select`'s work; returns (metrics, folder of the selected rows)."""
+    s = cfg.stage
+    plan = _plan(cfg)
+    settings, pool, pool_path, use_existing, selection = (plan.settings, plan.pool, plan.pool_path, plan.existing,
+                                                          plan.selection)
+    used = _used_by(str(settings["method"]))
+    for key in ("k", "tau"):
+        if cfg.get(key) is not None and key != used:
+            log.warning("%s=%s is ignored by select=%s", key, cfg.get(key), settings["method"])
+    allow_overlap = bool(settings["allow_overlap"])
+    if _existing_paths(s.get("existing")) and allow_overlap:
+        log.warning("stage.existing is ignored: allow_overlap=true keeps candidates already in D_gen")
     if selection.meta() is not None:
         log.info("reusing the identical selection in %s", selection.path)
 
@@ -141,4 +169,4 @@ def _used_by(method: str) -> str | None:
     return {"topk": "k", "randk": "k", "threshold": "tau"}.get(method)
 
 
-__all__ = ["default_pool", "run_select", "select_candidates", "selection_settings"]
+__all__ = ["default_pool", "output_path", "run_select", "select_candidates", "selection_settings"]

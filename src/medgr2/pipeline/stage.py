@@ -136,9 +136,9 @@ class Artifact:
     it, e.g. a dataset fingerprint, or cost an hour of training):
 
     * ``legacy_key``: the field a product's meta recorded its key under before;
-    * ``ready``: for a product that had no meta of its own and carries its key in its folder name (the
-      pretrained base, an R_φ export), a folder *without* the meta file is this key's product when
-      ``ready(folder)`` says it is complete.
+    * ``ready``: for a product that carries its key in its folder name and recorded none (the pretrained
+      base and an R_φ export had no meta; D_grade's meta had no key), a folder whose meta file is missing or
+      holds no key is this key's product when ``ready(folder)`` says it is complete.
 
     Under DDP (several processes), rank 0 builds and publishes; see :meth:`get_or_build`.
     """
@@ -154,11 +154,12 @@ class Artifact:
         folder = Path(self.path)
         f = folder / self.meta_file
         key = _json_value(self.key)
-        if not f.exists():
-            return {"key": key} if self.ready is not None and self.ready(folder) else None
-        meta = json.loads(f.read_text())
-        if meta.get("key") == key or (self.legacy_key is not None and meta.get(self.legacy_key) == key):
-            return meta
+        meta = json.loads(f.read_text()) if f.exists() else None
+        if meta is not None and ("key" in meta or (self.legacy_key is not None and self.legacy_key in meta)):
+            return meta if meta.get("key", meta.get(self.legacy_key)) == key else None
+        # No key recorded (no meta, or one from before this format): the folder's name carries the key.
+        if self.ready is not None and self.ready(folder):
+            return {**(meta or {}), "key": key}
         return None
 
     def get_or_build(self, build: Callable[[Path], Mapping[str, Any] | None], rebuild: bool = False,
