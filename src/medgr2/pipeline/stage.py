@@ -154,7 +154,10 @@ class Artifact:
         folder = Path(self.path)
         f = folder / self.meta_file
         key = _json_value(self.key)
-        meta = json.loads(f.read_text()) if f.exists() else None
+        try:
+            meta = json.loads(f.read_text())
+        except FileNotFoundError:  # none yet, or the folder is between the two renames of its replacement
+            meta = None
         if meta is not None and ("key" in meta or (self.legacy_key is not None and self.legacy_key in meta)):
             return meta if meta.get("key", meta.get(self.legacy_key)) == key else None
         # No key recorded (no meta, or one from before this format): the folder's name carries the key.
