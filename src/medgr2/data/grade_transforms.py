@@ -10,8 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medgr2.data.grade_config import PROBE_GRADE, rng_for
-from medgr2.data.grade_perturbations import split_response
-from medgr2.data.prompting import response_text
+from medgr2.data.response_format import response_text, split_response
 from medgr2.data.schema import LETTERS
 
 
