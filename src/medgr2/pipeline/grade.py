@@ -1,7 +1,7 @@
 """``stage=grade`` (paper §3, "Multi-Grade Supervision"): D_grade — four graded responses per reference record
 (:func:`medgr2.data.grading.build_graded`), saved as a ``datasets`` folder at :func:`output_path`
 (``<cache>/grade/dgrade-<key>``, keyed by the source and the grading config), optionally with wrong-letter
-hard negatives (``stage.wrong_letter_rate``). The reward stage builds it through :func:`build_grade_dataset`
+hard negatives (``stage.wrong_letter_rate``) and image-grounding negatives (``stage.image_negative_rate``). The reward stage builds it through :func:`build_grade_dataset`
 when it is missing.
 """
 
@@ -17,7 +17,7 @@ import datasets
 from omegaconf import DictConfig, OmegaConf
 
 from medgr2.data.grade_config import GRADED_FEATURES, GradeConfig
-from medgr2.data.grade_transforms import wrong_letter_rows
+from medgr2.data.grade_transforms import image_swap_rows, wrong_letter_rows
 from medgr2.data.grading import build_graded
 from medgr2.data.schema import to_dataset
 from medgr2.pipeline.common import cache_dir, fingerprint, load_split, to_dict
@@ -27,6 +27,15 @@ from medgr2.utils.io import atomic_dir, atomic_write_json
 log = logging.getLogger(__name__)
 
 GRADE_META = "grading_meta.json"
+#: Extra rows beyond the paper's four grades: stage key -> (row maker, grade name). A key at 0 leaves D_grade
+#: (and every cache key built on it) as it was before the key existed.
+EXTRA_ROWS = {"wrong_letter_rate": (wrong_letter_rows, "wrong_letter"),
+              "image_negative_rate": (image_swap_rows, "image_swap")}
+
+
+def extra_rates(g: DictConfig | Mapping[str, Any]) -> dict[str, float]:
+    """The non-zero extra-row rates of a grade node (``{"wrong_letter_rate": 0.25}``; ``{}``: the paper's D_grade)."""
+    return {k: float(g.get(k) or 0.0) for k in EXTRA_ROWS if float(g.get(k) or 0.0) > 0}
 
 
 def grade_config(node: DictConfig | Mapping[str, Any]) -> GradeConfig:
@@ -58,8 +67,8 @@ def output_path(cfg: DictConfig, g: DictConfig | None = None) -> Path:
         key = fingerprint("path", str(Path(src.path).resolve()), ds._fingerprint, src.get("size"))
     else:
         key = fingerprint("split", cfg.data, str(src.split), src.get("size"))
-    extra = float(g.get("wrong_letter_rate") or 0.0)
-    parts = (key, g.grading) if extra == 0 else (key, g.grading, {"wrong_letter_rate": extra})
+    extra = extra_rates(g)
+    parts = (key, g.grading) if not extra else (key, g.grading, extra)
     return cache_dir(cfg) / "grade" / f"dgrade-{fingerprint(*parts)}"
 
 
@@ -72,26 +81,35 @@ def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
     """
     g = g if g is not None else cfg.stage
     path = output_path(cfg, g)
-    rate = float(g.get("wrong_letter_rate") or 0.0)
+    rates = extra_rates(g)
     if (path / "dataset_info.json").exists():
         log.info("reusing D_grade %s", path)
         meta = json.loads((path / GRADE_META).read_text()) if (path / GRADE_META).exists() else {}
-    elif rate > 0:
-        # The paper's four grades (cached on their own: the WordNet pass is the slow part) + hard negatives.
+    elif rates:
+        # The paper's four grades (cached on their own: the WordNet pass is the slow part) + the extra rows,
+        # each at the irrelevant grade's value.
         plain = OmegaConf.create(to_dict(g))
-        plain.wrong_letter_rate = 0.0
+        for k in EXTRA_ROWS:
+            if k in plain:
+                plain[k] = 0.0
         base, _ = build_grade_dataset(cfg, plain)
         meta = json.loads((output_path(cfg, plain) / GRADE_META).read_text())
         gcfg = grade_config(g.grading)
-        originals = base.filter(lambda grade: grade == "original", input_columns=["grade"]).to_list()
-        extra = wrong_letter_rows(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
+        # Undecoded images: the image-swap rows compare pictures by their stored bytes.
+        originals = (base.cast_column("image", datasets.Image(decode=False))
+                     .filter(lambda grade: grade == "original", input_columns=["grade"]).to_list())
+        extra, counts = [], {}
+        for k, rate in rates.items():
+            make, grade = EXTRA_ROWS[k]
+            rows = make(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
+            extra += rows
+            counts[grade] = len(rows)
         ds = datasets.concatenate_datasets([base, to_dataset(extra, extra_features=GRADED_FEATURES)])
-        meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], "wrong_letter": len(extra)},
-                    wrong_letter_rate=rate)
+        meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], **counts}, **rates)
         with atomic_dir(path) as tmp:
             ds.save_to_disk(str(tmp))
             atomic_write_json(tmp / GRADE_META, meta)
-        log.info("D_grade + %d wrong-letter hard negatives -> %s", len(extra), path)
+        log.info("D_grade + extra rows at the irrelevant grade %s -> %s", counts, path)
     else:
         records = _source_records(cfg, g)
         rows, skipped = build_graded(list(records), grade_config(g.grading))

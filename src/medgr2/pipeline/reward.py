@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "reward"
 #: Keys of the reward settings that do not change the trained weights (progress, resume, shipping).
 NON_KEY_SETTINGS = ("name", "val_every", "eval_batch_size", "ckpt_path", "ship")
+#: Settings added after R_φ exports existed (the shipped R_φ^0 among them): left out of the key at 0, so
+#: those exports keep their keys.
+ZERO_OFF_KEY_SETTINGS = ("image_negative_rate",)
 
 
 def rm_settings(cfg: DictConfig) -> DictConfig:
@@ -76,7 +79,8 @@ def reward_key(cfg: DictConfig, r: DictConfig | None = None) -> str:
     model = {k: v for k, v in to_dict(cfg.model).items() if k != "cache_dir"}
     # Knobs that do not change the trained weights stay out of the key ("ship" is never in a YAML: a
     # config with it set has the key of the same config without it).
-    settings = {k: v for k, v in to_dict(r).items() if k not in NON_KEY_SETTINGS}
+    settings = {k: v for k, v in to_dict(r).items()
+                if k not in NON_KEY_SETTINGS and not (k in ZERO_OFF_KEY_SETTINGS and not v)}
     return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"), *seed_part(cfg, "reward"))
 
 
