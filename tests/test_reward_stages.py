@@ -111,7 +111,7 @@ def test_grade_stage_saves_four_grades_in_the_cache_and_logs_skips(make_cfg, wor
 def test_reward_stage_logs_correlations_to_mlflow_and_adapts_continually(make_cfg, wordnet) -> None:
     cfg = make_cfg("stage=reward", *SMALL, *TRAIN)
     metrics = run(cfg)
-    for k in ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc"):
+    for k in ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc", "rm/image_pair_acc"):
         assert k in metrics
     export = Path(cfg.paths.output_dir) / "reward_model"
     cached = reward_model_path(cfg)

@@ -115,4 +115,12 @@ def image_swap_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0, target: fl
     return out
 
 
-__all__ = ["image_swap_rows", "split_by_source", "wrong_letter_probes", "wrong_letter_rows"]
+def held_out_probes(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """R_φ's pairwise probes of the held-out records (target NaN: scored, never trained on): for every
+    ``original`` row the same rationale with a wrong letter (:func:`wrong_letter_rows`) and the same response
+    with another held-out record's image (:func:`image_swap_rows`). R_φ should score the original higher
+    than both: the first needs the letter read against the rationale, the second needs the image."""
+    return wrong_letter_rows(rows, seed) + image_swap_rows(rows, seed)
+
+
+__all__ = ["held_out_probes", "image_swap_rows", "split_by_source", "wrong_letter_probes", "wrong_letter_rows"]

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from medgr2.data.grade_config import GRADED_FEATURES, GRADES
-from medgr2.data.grade_transforms import split_by_source, wrong_letter_probes
+from medgr2.data.grade_transforms import held_out_probes, split_by_source
 from medgr2.pipeline.common import (
     cache_dir,
     fingerprint,
@@ -219,12 +219,12 @@ def train_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path) ->
     train_idx, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), product_seed(cfg, "reward"),
                                          r.get("max_val_sources"))
     train_rows = rows.select(train_idx)
-    # Regression metrics are on the paper's four grades; the wrong-letter probes (built afresh for the
-    # held-out records, never trained on) measure the pairwise accuracy.
+    # Regression metrics are on the paper's four grades; the probes (built afresh for the held-out records,
+    # never trained on: a wrong letter, another record's image) measure the pairwise accuracies.
     val_rows = [v for v in rows.select(val_idx).to_list() if v["grade"] in GRADES]
-    probes = wrong_letter_probes(val_rows, int(r.grading.seed))
+    probes = held_out_probes(val_rows, int(r.grading.seed))
     val_all = val_rows + probes
-    log.info("R_φ data %s: %d train rows, %d held-out rows (%d sources) + %d wrong-letter probes",
+    log.info("R_φ data %s: %d train rows, %d held-out rows (%d sources) + %d probes (wrong letter, image swap)",
              data_path, len(train_rows), len(val_rows), len({v["source_id"] for v in val_rows}), len(probes))
 
     module = _init_module(cfg, r, tracker, train_rows["target"])
@@ -274,7 +274,7 @@ def run_reward(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         metrics, path = train_reward(cfg, cfg.stage, tracker, output_dir(cfg))
     if ship and rank_zero_only.rank == 0:
         path = ship_export(cfg, output_dir(cfg) / "reward_model")
-    keys = ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc")
+    keys = ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc", "rm/image_pair_acc")
     print("R_φ held-out: " + ", ".join(f"{k.split('/')[1]} {metrics[k]:.3f}" for k in keys if k in metrics))
     print(f"R_φ export: {path}")
     return metrics
