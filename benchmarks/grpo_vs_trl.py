@@ -43,7 +43,7 @@ def parse_config(s: str) -> tuple[int, int, int]:
 
 
 def match_reward(completions, answer, **_: Any) -> list[float]:
-    from medgr2.rl.answers import extract_answer
+    from medgr2.data.response_format import extract_answer
 
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [float(extract_answer(t) == a) for t, a in zip(texts, answer, strict=True)]

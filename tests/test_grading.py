@@ -17,10 +17,9 @@ from medgr2.data.grading import (
     delete_phrases,
     irrelevant_response,
     rng_for,
-    split_response,
     synonym_perturb,
 )
-from medgr2.data.prompting import response_text
+from medgr2.data.response_format import response_text, split_response
 from medgr2.data.schema import LETTERS, RecordError, make_record, to_dataset
 from medgr2.data.wordnet import WordNetNotFoundError, load_wordnet, synonyms
 

@@ -15,16 +15,16 @@ from medgr2.report.rl_gain import gain_matrix, gain_tables
 RUNS = [("0", 0.80, 0.84, 0.40, 0.38), ("1", 0.78, 0.80, 0.42, 0.42)]
 
 
-def build(root):
+def build(root, option_runs=()):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("medgr2", artifact_location=str(root / "mlruns"))
-    for i, (seed, s_ct, g_ct, s_mri, g_mri) in enumerate(RUNS):
+    for i, (seed, s_ct, g_ct, s_mri, g_mri, *sweep) in enumerate([*RUNS, *option_runs]):
         tags = {"experiment": "cross_modality_grpo", "seed": seed, "source": "CT", "source_axis": "modality",
-                "data": "synthmed"}
+                "data": "synthmed", "sweep": " ".join(["source=CT", *sweep])}
         top = client.create_run(exp, tags={**tags, "stage": "loop"}, run_name=f"cm seed={seed}",
                                 start_time=1_700_000_000_000 + i)
         metrics = {"test/acc": (g_ct + g_mri) / 2, "sft/test/acc/modality/CT": s_ct, "test/acc/modality/CT": g_ct,
@@ -59,6 +59,31 @@ def test_gain_cells_are_paired_differences_averaged_over_seeds(tmp_path):
     assert gain_matrix(cells, "cross_modality_grpo").loc["CT", "MRI"] == pytest.approx(-0.01)
     # no cross_task runs: empty tables, not an error
     assert gain_tables(runs, "question_type")[0].empty
+
+
+def test_a_recipe_option_is_its_own_arm_with_its_gain_difference_to_the_recipe(tmp_path):
+    from medgr2.report.aggregate import PredictionCache
+    from medgr2.report.claims import claims_table
+    from medgr2.report.mlflow_runs import load_runs
+
+    # The same SFT accuracies (same seeds), GRPO with the option: CT +0.06 / +0.05 instead of +0.04 / +0.02.
+    option = "stage.grpo.difficulty_filter=true"
+    runs = load_runs(build(tmp_path, [("0", 0.80, 0.86, 0.40, 0.40, option), ("1", 0.78, 0.83, 0.42, 0.42, option)]))
+    cells, summary = gain_tables(runs, "modality")
+    label = f"cross_modality_grpo [{option}]"
+    assert set(cells["arm"]) == {"cross_modality_grpo", label}
+    base = summary[summary["arm"] == "cross_modality_grpo"].set_index("domain")
+    opt = summary[summary["arm"] == label].set_index("domain")
+    assert base.loc["in-domain", "gain"] == pytest.approx(0.03) and math.isnan(base.loc["in-domain", "vs base"])
+    assert opt.loc["in-domain", "gain"] == pytest.approx(0.055)
+    # per seed: 0.06 - 0.04 and 0.05 - 0.02 -> mean 0.025, t(1) interval from the two differences
+    assert opt.loc["in-domain", "vs base"] == pytest.approx(0.025)
+    assert (opt.loc["in-domain", "vs base hi"] - opt.loc["in-domain", "vs base lo"]) / 2 == pytest.approx(
+        12.706 * 0.005, rel=1e-3)
+    assert opt.loc["off-diagonal", "vs base"] == pytest.approx((0.00 - -0.02 + 0.0 - 0.0) / 2)
+    claims = claims_table(runs, PredictionCache(lambda rid: None)).set_index("claim")
+    row = claims.loc[f"{option} raises GRPO's gain (in-domain)"]
+    assert row["diff"] == pytest.approx(0.025) and row["seeds"] == 2
 
 
 def test_a_run_without_the_sft_metrics_is_skipped_with_the_reason(tmp_path):

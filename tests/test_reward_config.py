@@ -15,7 +15,7 @@ from medgr2.data.grading import GradeConfig
 from medgr2.modules.reward_config import RewardModelConfig, RewardStageConfig
 
 #: Keys of the composed reward stage that belong to the grade stage it includes (conf/stage/grade.yaml).
-GRADE_KEYS = {"name", "defaults", "source", "grading", "wrong_letter_rate"}
+GRADE_KEYS = {"name", "defaults", "source", "grading", "wrong_letter_rate", "image_negative_rate"}
 
 
 def test_every_key_of_the_reward_yaml_is_known_and_equals_the_dataclass_default():

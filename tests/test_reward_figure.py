@@ -14,15 +14,18 @@ def _scores() -> pd.DataFrame:
             ("r2#original", "original", 10.0, 5.0), ("r2#synonym", "synonym", 6.0, 4.0),
             ("r2#deletion", "deletion", 0.0, 0.5), ("r2#irrelevant", "irrelevant", -6.0, -4.0),
             ("r1#wrong_letter", "wrong_letter", float("nan"), 8.0),
-            ("r2#wrong_letter", "wrong_letter", float("nan"), 7.0)]
+            ("r2#wrong_letter", "wrong_letter", float("nan"), 7.0),
+            ("r1#image_swap", "image_swap", float("nan"), 2.0),
+            ("r2#image_swap", "image_swap", float("nan"), 1.0)]
     return pd.DataFrame(rows, columns=["id", "grade", "target", "score"])
 
 
-def test_summary_pairs_each_original_with_its_own_wrong_letter_probe():
-    rho, pair = summary(_scores())
+def test_summary_pairs_each_original_with_its_own_probes():
+    rho, pair, image_pair = summary(_scores())
     assert pair == pytest.approx(0.5)  # r1: 9 > 8; r2: 5 < 7
-    assert 0.8 < rho <= 1.0
-    assert summary(_scores()[lambda d: d["grade"] != "wrong_letter"])[1] is None
+    assert image_pair == pytest.approx(1.0)  # r1: 9 > 2; r2: 5 > 1
+    assert 0.8 < rho <= 1.0  # the probes' NaN targets stay out of the Spearman
+    assert summary(_scores()[lambda d: ~d["grade"].isin(["wrong_letter", "image_swap"])])[1:] == (None, None)
 
 
 def test_plot_writes_a_png(tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from medgr2.data.grade_transforms import split_by_source, wrong_letter_probes
+from medgr2.data.grade_transforms import image_swap_rows, split_by_source, wrong_letter_probes
 from medgr2.evaluation.reward_metrics import (
     kendall,
     paired_scores,
@@ -92,3 +92,26 @@ def test_wrong_letter_probe_keeps_the_rationale_and_changes_only_the_letter() ->
     assert p["response"].startswith("<think>CT image. The answer is CT.</think><answer>")
     assert p["response"][-10] in "BC"
     assert wrong_letter_probes([row]) == probes  # deterministic
+
+
+def _original(sid: str, image: bytes | None) -> dict:
+    return {"id": f"{sid}#original", "source_id": sid, "grade": "original", "target": 10.0,
+            "response": f"<think>{sid} rationale</think><answer>A</answer>", "options": ["x", "y"],
+            "image": None if image is None else {"bytes": image, "path": None}, "provenance": "{}"}
+
+
+def test_image_swap_rows_keep_the_response_and_take_another_records_picture() -> None:
+    rows = [_original("r0", b"pic0"), _original("r1", b"pic1"), _original("r2", b"pic0"),  # r2: r0's picture
+            _original("r3", b"pic3"), _original("r4", None),  # r4: no image, nothing to swap
+            {**_original("r1", b"pic1"), "grade": "synonym"}]
+    out = image_swap_rows(rows, seed=3, target=-6.0)
+    assert [r["source_id"] for r in out] == ["r0", "r1", "r2", "r3"]
+    own = {r["source_id"]: r for r in rows if r["grade"] == "original"}
+    for r in out:
+        assert r["grade"] == "image_swap" and r["target"] == -6.0 and r["id"] == f"{r['source_id']}#image_swap"
+        assert r["response"] == own[r["source_id"]]["response"]
+        assert r["image"] is not None and r["image"]["bytes"] != own[r["source_id"]]["image"]["bytes"]
+    assert out == image_swap_rows(list(reversed(rows)), seed=3, target=-6.0)  # per record, not per row order
+    half = image_swap_rows(rows, seed=3, target=-6.0, rate=0.5)
+    assert {r["source_id"] for r in half} < {r["source_id"] for r in out}
+    assert image_swap_rows(rows[:1], seed=3) == []  # one record: no other picture

@@ -91,11 +91,27 @@ def test_grade_stage_saves_four_grades_in_the_cache_and_logs_skips(make_cfg, wor
         ref = originals[r["source_id"]]
         assert r["response"][:-10] == ref[:-10] and r["response"][-10] != ref[-10]  # only the letter differs
 
+    # Optional image-grounding negatives: the reference response with another record's image, same grade value;
+    # with both rates, both kinds of rows on top of the same cached four-grade set.
+    cfg_img = make_cfg("stage=grade", "stage.source.size=12", "stage.wrong_letter_rate=0.5",
+                       "stage.image_negative_rate=1.0", "logger=none")
+    run(cfg_img)
+    img = datasets.load_from_disk(str(graded_dataset_path(cfg_img))).cast_column("image", datasets.Image(decode=False))
+    swaps = img.filter(lambda g: g == "image_swap", input_columns=["grade"])
+    by_source = {r["source_id"]: r for r in ds.cast_column("image", datasets.Image(decode=False))
+                 if r["grade"] == "original"}
+    assert len(swaps) == len(by_source) > 0 and len(img) == len(hn) + len(swaps)  # rate 1: every record
+    for r in swaps:
+        own = by_source[r["source_id"]]
+        assert r["target"] == -6.0 and r["response"] == own["response"]  # only the image differs
+        assert r["image"]["bytes"] != own["image"]["bytes"]
+        assert r["image"]["bytes"] in {o["image"]["bytes"] for o in by_source.values()}  # another record's image
+
 
 def test_reward_stage_logs_correlations_to_mlflow_and_adapts_continually(make_cfg, wordnet) -> None:
     cfg = make_cfg("stage=reward", *SMALL, *TRAIN)
     metrics = run(cfg)
-    for k in ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc"):
+    for k in ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc", "rm/image_pair_acc"):
         assert k in metrics
     export = Path(cfg.paths.output_dir) / "reward_model"
     cached = reward_model_path(cfg)

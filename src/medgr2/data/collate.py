@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from medgr2.data.prompting import SHORT_INSTRUCTION, chat_messages, response_text
+from medgr2.data.prompting import SHORT_INSTRUCTION, chat_messages
+from medgr2.data.response_format import ANSWER_TAG, response_text
 from medgr2.data.schema import LETTERS
 
 IGNORE = -100
@@ -52,7 +53,6 @@ def to_rgb(image: Any) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-ANSWER_TAG = "<answer>"
 
 
 def answer_letter_char(text: str) -> int:

@@ -19,6 +19,9 @@ IRRELEVANT_MODES: tuple[str, ...] = ("other_record", "wrong_option")
 #: Grade of the pairwise probes / hard negatives: the reference rationale with a wrong answer letter
 #: (:mod:`medgr2.data.grade_transforms`); not one of the paper's four grades.
 PROBE_GRADE = "wrong_letter"
+#: Grade of the image-grounding negatives: a record's reference response shown with another record's image
+#: (:func:`medgr2.data.grade_transforms.image_swap_rows`); not one of the paper's four grades.
+IMAGE_SWAP_GRADE = "image_swap"
 
 #: Extra columns of a graded row, for ``schema.to_dataset(rows, extra_features=GRADED_FEATURES)``.
 GRADED_FEATURES: dict[str, datasets.Value] = {
@@ -93,4 +96,4 @@ def rng_for(seed: int, record_id: str, grade: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-__all__ = ["GRADED_FEATURES", "GRADES", "IRRELEVANT_MODES", "PROBE_GRADE", "GradeConfig", "rng_for"]
+__all__ = ["GRADED_FEATURES", "GRADES", "IMAGE_SWAP_GRADE", "IRRELEVANT_MODES", "PROBE_GRADE", "GradeConfig", "rng_for"]

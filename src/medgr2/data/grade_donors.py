@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medgr2.data.grade_config import IRRELEVANT_MODES
-from medgr2.data.prompting import response_text
+from medgr2.data.response_format import response_text
 from medgr2.data.schema import LETTERS, RecordError, index_of
 from medgr2.utils.hashing import image_key
 

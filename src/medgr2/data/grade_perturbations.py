@@ -1,6 +1,6 @@
 """The text operations that turn a reference response into a lower grade of D_grade (paper §3).
 
-The response format ``<think>rationale</think><answer>X</answer>`` is split with :func:`split_response`;
+The response format ``<think>rationale</think><answer>X</answer>`` is split with :func:`medgr2.data.response_format.split_response`;
 :func:`synonym_perturb` makes the synonym grade (light WordNet paraphrase) and :func:`delete_phrases` the
 deletion grade (incoherent rationale). Both touch only the rationale and rebuild the response around it, so
 the tags and the answer letter survive. The random choices come from the ``rng`` the caller passes
@@ -13,7 +13,7 @@ import random
 import re
 from typing import TYPE_CHECKING
 
-from medgr2.data.prompting import response_text
+from medgr2.data.response_format import rationale_of, response_text, split_response
 from medgr2.data.schema import LETTERS, RecordError
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ STOPWORDS: frozenset[str] = frozenset(
 PROTECTED_WORDS: frozenset[str] = frozenset({"think", "answer", "option", "options", "check", "yes",
                                              *LETTERS.lower()})
 
-_RESPONSE_RE = re.compile(r"^\s*<think>(.*)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
 _TAG_RE = re.compile(r"<[^<>]*>")
 # Purely alphabetic tokens not glued to digits or hyphens: "T2", "3cm", "T2-weighted" and "air-filled"
 # are left alone (half a compound swapped for a synonym reads as an error, not a paraphrase).
@@ -45,22 +44,10 @@ _WORD_RE = re.compile(r"(?<![A-Za-z0-9-])[A-Za-z]+(?![A-Za-z0-9-])")
 _SYNONYM_OK_RE = re.compile(r"^[A-Za-z][A-Za-z -]*[A-Za-z]$")
 
 
-def split_response(text: str) -> tuple[str, str] | None:
-    """``"<think>R</think><answer>X</answer>"`` -> ``(R, X)``; None when ``text`` is not in that format."""
-    m = _RESPONSE_RE.match(text)
-    return (m.group(1).strip(), m.group(2).strip()) if m else None
-
-
 def _rebuild(text: str, rationale: str) -> str:
     """Put a modified rationale back in ``text``'s response format (or return it bare)."""
     parts = split_response(text)
     return response_text(rationale, parts[1]) if parts else rationale
-
-
-def rationale_of(text: str) -> str:
-    """The rationale of a response in the ``<think>…</think><answer>…</answer>`` format, else ``text``."""
-    parts = split_response(text)
-    return parts[0] if parts else text
 
 
 # ----------------------------------------------------------------------------- synonym (grade 6)
@@ -187,4 +174,4 @@ def delete_phrases(
 
 
 
-__all__ = ["PROTECTED_WORDS", "STOPWORDS", "delete_phrases", "rationale_of", "split_response", "synonym_perturb"]
+__all__ = ["PROTECTED_WORDS", "STOPWORDS", "delete_phrases", "synonym_perturb"]

@@ -1,5 +1,6 @@
 """Transforms of D_grade used by the reward stage (:mod:`medgr2.pipeline.reward`): the held-out split by
-source record, and the wrong-letter rows (pairwise probes, or hard negatives at the irrelevant grade)."""
+source record, the wrong-letter rows (pairwise probes, or hard negatives at the irrelevant grade) and the
+image-grounding negatives (a response with another record's image, at the irrelevant grade)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medgr2.data.grade_config import PROBE_GRADE, rng_for
-from medgr2.data.grade_perturbations import split_response
-from medgr2.data.prompting import response_text
+from medgr2.data.grade_config import IMAGE_SWAP_GRADE, PROBE_GRADE, rng_for
+from medgr2.data.response_format import response_text, split_response
 from medgr2.data.schema import LETTERS
+from medgr2.utils.hashing import image_key
 
 
 def split_by_source(source_ids: Sequence[str], val_fraction: float, seed: int = 0,
@@ -74,4 +75,52 @@ def wrong_letter_probes(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> lis
     return wrong_letter_rows(rows, seed)
 
 
-__all__ = ["split_by_source", "wrong_letter_probes", "wrong_letter_rows"]
+def image_swap_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0, target: float = math.nan,
+                    rate: float = 1.0, tries: int = 16) -> list[dict[str, Any]]:
+    """For ``original`` rows: the same reference response with the image of another record (grade
+    ``image_swap``), an image-grounding negative.
+
+    Every other grade of D_grade changes the text; a reward model can score all of them without looking at
+    the image. Here only the image differs from the top-graded row, so R_φ must read the image to score it
+    low. Rows come out in source-id order. ``rate``: share of the records that get one (chosen per source id, deterministically); the donor is
+    drawn with :func:`rng_for` ``(seed, source_id, "image_swap")`` among the other records, and one whose
+    stored image is identical (the same picture under two ids) is never taken — after ``tries`` draws of
+    identical images the record gets none. Images are compared on their stored bytes
+    (:func:`medgr2.utils.hashing.image_key`), so pass the undecoded rows.
+    """
+    # Sorted by source id: a record's donor depends on which records exist, not on their order.
+    originals = sorted((r for r in rows if r["grade"] == "original"), key=lambda r: str(r["source_id"]))
+    if len(originals) < 2:
+        return []
+    keys = [image_key(r.get("image")) for r in originals]
+    out = []
+    for i, row in enumerate(originals):
+        sid = str(row["source_id"])
+        if keys[i] == "none" or (rate < 1.0 and rng_for(seed, sid, "image_swap_pick").random() >= rate):
+            continue  # no image to swap, or not picked
+        rng = rng_for(seed, sid, IMAGE_SWAP_GRADE)
+        donor = None
+        for _ in range(tries):
+            j = rng.randrange(len(originals) - 1)
+            j = j + 1 if j >= i else j  # any record but this one
+            if keys[j] not in (keys[i], "none"):
+                donor = originals[j]
+                break
+        if donor is None:
+            continue  # no other picture found
+        prov = json.loads(row.get("provenance") or "{}")
+        prov["grading"] = {"grade": IMAGE_SWAP_GRADE, "seed": seed, "image_from": str(donor["source_id"])}
+        out.append({**row, "image": donor["image"], "id": f"{sid}#{IMAGE_SWAP_GRADE}", "target": target,
+                    "grade": IMAGE_SWAP_GRADE, "provenance": json.dumps(prov, sort_keys=True)})
+    return out
+
+
+def held_out_probes(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """R_φ's pairwise probes of the held-out records (target NaN: scored, never trained on): for every
+    ``original`` row the same rationale with a wrong letter (:func:`wrong_letter_rows`) and the same response
+    with another held-out record's image (:func:`image_swap_rows`). R_φ should score the original higher
+    than both: the first needs the letter read against the rationale, the second needs the image."""
+    return wrong_letter_rows(rows, seed) + image_swap_rows(rows, seed)
+
+
+__all__ = ["held_out_probes", "image_swap_rows", "split_by_source", "wrong_letter_probes", "wrong_letter_rows"]

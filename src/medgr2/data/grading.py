@@ -2,7 +2,7 @@
 
 Every source record with a reference rationale yields one row per grade; the graded text is the
 assistant response ``<think>rationale</think><answer>X</answer>`` built by
-:func:`medgr2.data.prompting.response_text`:
+:func:`medgr2.data.response_format.response_text`:
 
 ============  ======  ================================================================================
 grade         target  response
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from medgr2.data.grade_config import GRADED_FEATURES, GRADES, IRRELEVANT_MODES, GradeConfig, rng_for
 from medgr2.data.grade_donors import DonorPool, irrelevant_response
-from medgr2.data.grade_perturbations import delete_phrases, rationale_of, split_response, synonym_perturb
-from medgr2.data.prompting import response_text
+from medgr2.data.grade_perturbations import delete_phrases, synonym_perturb
+from medgr2.data.response_format import rationale_of, response_text
 from medgr2.data.schema import FIELDS, RecordError, provenance, validate_record
 
 if TYPE_CHECKING:
@@ -167,6 +167,5 @@ __all__ = [
     "delete_phrases",
     "irrelevant_response",
     "rng_for",
-    "split_response",
     "synonym_perturb",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medgr2.data.omnimedvqa_io import SOURCE, Candidate, LoadResult, read_json_list
+from medgr2.data.response_format import first_answer_content
 from medgr2.data.schema import (
     LETTERS,
     UNKNOWN,
@@ -55,7 +56,6 @@ _QTYPE_FILE_ALIASES: dict[str, str] = {
 _OPTION_MARKER = re.compile(r"(?:^|(?<=[\s,;:.?!]))\(?([A-Z])\)")
 _OPTIONS_LABEL = re.compile(r"(?:options|choices)\s*:?\s*$", re.I)
 _MARKER_LETTERS = "ABCDEFGHIJ"
-_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.I | re.S)
 
 
 def parse_problem(problem: str) -> tuple[str, list[str]]:
@@ -96,8 +96,8 @@ def parse_problem(problem: str) -> tuple[str, list[str]]:
 def parse_solution(solution: str) -> str | None:
     """The answer in a Med-R1 ``solution`` (``"<answer> C </answer>"`` -> ``"C"``), upper-cased; a bare
     ``"C"`` / ``"C)"`` is accepted too. None if nothing letter-like is found."""
-    m = _ANSWER_TAG.search(solution)
-    body = (m.group(1) if m else solution).strip()
+    body = first_answer_content(solution)
+    body = solution.strip() if body is None else body
     # A lone letter ("C", "(C)", "C.") or a letter with punctuation before more text ("C) MRI"); a
     # plain word such as "a lesion" is not read as an answer.
     m2 = re.fullmatch(r"\(?([A-Za-z])\)?[.:]?|\(?([A-Za-z])[).:]\s.*", body, re.S)

@@ -2,7 +2,8 @@
 
 The user turn is the image, the question, the lettered options and an instruction; the assistant turn is
 ``<think>rationale</think><answer>X</answer>`` (Med-R1 / MedVLM-R1 format, docs/field-facts.md), or just
-``<answer>X</answer>`` when the record has no rationale and ``think=False``.
+``<answer>X</answer>`` when the record has no rationale and ``think=False`` (written and read by
+:mod:`medgr2.data.response_format`).
 """
 
 from __future__ import annotations
@@ -40,13 +41,6 @@ def user_text(rec: Mapping[str, Any], instruction: str = SHORT_INSTRUCTION) -> s
     """The text part of the user turn for a record (the image goes before it in the chat message)."""
     text = f"{rec['question']}\n{format_options(list(rec['options']))}"
     return f"{text}\n{instruction}" if instruction else text
-
-
-def response_text(rationale: str | None, answer_letter: str, think: bool = True) -> str:
-    """The assistant response: ``<think>…</think><answer>X</answer>`` (or answer only)."""
-    if think:
-        return f"<think>{(rationale or '').strip()}</think><answer>{answer_letter}</answer>"
-    return f"<answer>{answer_letter}</answer>"
 
 
 #: Rationale styles. ``verify`` states the answer in words, then checks every option up to the chosen one

@@ -7,15 +7,13 @@ than a letter-binding the tiny model learns slowly.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medgr2.data.grade_config import PROBE_GRADE  # noqa: F401 - re-exported: the grade names' one owner is grade_config
-from medgr2.data.prompting import response_text, user_text
+from medgr2.data.prompting import user_text
+from medgr2.data.response_format import bare_answer_letter, response_text
 from medgr2.data.schema import LETTERS
-
-_ANSWER_RE = re.compile(r"<answer>\s*([A-Za-z])\s*</answer>")
 
 
 def resolved_answer(response: str, options: Sequence[str]) -> str:
@@ -27,10 +25,10 @@ def resolved_answer(response: str, options: Sequence[str]) -> str:
     comparing two words — which a small VLM learns in minutes — instead of binding shuffled letters to
     options, which it learns slowly (docs/field-facts.md, "Tiny model").
     """
-    found = _ANSWER_RE.findall(response or "")
-    if not found:
+    letter = bare_answer_letter(response or "")
+    if letter is None:
         return ""
-    idx = LETTERS.find(found[-1].upper())
+    idx = LETTERS.find(letter)
     return f"\n{LETTERS[idx]}) {options[idx]}" if 0 <= idx < len(options) else ""
 
 

@@ -286,7 +286,8 @@ def make_item(cfg: SynthMedConfig, split: str, index: int) -> dict[str, Any]:
 
 def tokenizer_corpus(cfg: SynthMedConfig | None = None, n: int = 4000) -> list[str]:
     """Text the tiny tokenizer is trained on: SynthMed questions, options, rationales and prompts."""
-    from medgr2.data.prompting import INSTRUCTIONS, response_text, user_text
+    from medgr2.data.prompting import INSTRUCTIONS, user_text
+    from medgr2.data.response_format import response_text
 
     cfg = cfg or SynthMedConfig()
     texts: list[str] = list(INSTRUCTIONS.values())

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from medgr2.data.collate import ANSWER_TAG, ChatCollator, letter_slot, model_inputs
+from medgr2.data.collate import ChatCollator, letter_slot, model_inputs
 from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
+from medgr2.data.response_format import ANSWER_TAG
 from medgr2.data.schema import LETTERS
 from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, extract
 from medgr2.models.decoding import GREEDY

@@ -6,7 +6,7 @@ predictions keep the raw response so that :func:`rescore` can score them under a
 
 ``lenient`` (default)
     The last closed ``<answer>`` tag; its content must open with the letter, which may be lower case or
-    bracketed (``b``, ``(B)``, ``C) text``): :func:`medgr2.rl.answers.extract_answer`.
+    bracketed (``b``, ``(B)``, ``C) text``): :func:`medgr2.data.response_format.extract_answer`.
 ``medr1``
     Med-R1's evaluation: the first ``<answer>`` tag whose content is one word (``<answer>\\s*(\\w+)\\s*</answer>``,
     ``re.search``), compared with the gold letter exactly; ``b`` or ``(B)`` is wrong.
@@ -31,8 +31,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from medgr2.data.response_format import answer_contents, extract_answer
 from medgr2.data.schema import LETTERS
-from medgr2.rl.answers import extract_answer
 
 __all__ = ["DEFAULT_PROTOCOL", "PROTOCOLS", "check_protocol", "extract", "rescore", "score"]
 
@@ -40,7 +40,6 @@ PROTOCOLS: tuple[str, ...] = ("lenient", "medr1", "omnimedvqa", "letter")
 DEFAULT_PROTOCOL = "lenient"
 
 _MEDR1 = re.compile(r"<answer>\s*(\w+)\s*</answer>")
-_LAST_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _WHOLE_TAG = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.DOTALL | re.IGNORECASE)
 _LEADING_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _BARE = re.compile(r"\(?([A-Z])\)?\.?")
@@ -92,7 +91,7 @@ def _closest_option(reply: str, options: Sequence[str]) -> int | None:
 
 
 def _omnimedvqa(response: str, options: Sequence[str]) -> str | None:
-    tags = _LAST_TAG.findall(response)
+    tags = answer_contents(response)
     reply = tags[-1] if tags else response
     k = _closest_option(reply, options)
     return LETTERS[k] if k is not None else None

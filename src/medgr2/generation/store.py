@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medgr2.data.schema import FEATURES, to_dataset
+from medgr2.utils.io import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "medgr2.generation/1"
@@ -35,22 +36,6 @@ MANIFEST_FORMAT = "medgr2.generation/1"
 
 class GenerationConfigError(ValueError):
     """``out_dir`` holds a generation run made with a different configuration."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + fsync + ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:
@@ -131,8 +116,9 @@ def commit_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
         for path in Path(out_dir).glob(pattern):
             if path.name not in named:
                 path.unlink(missing_ok=True)
-    # ``.rejects*``: temporary files of utils.io.atomic_write_text left by a killed process.
-    for path in [*Path(out_dir).glob(".*.tmp-*"), *Path(out_dir).glob(".rejects*")]:
+    # ``.manifest.json.*`` / ``.rejects*``: temporary files of utils.io.atomic_write_text left by a killed process.
+    for path in [*Path(out_dir).glob(".*.tmp-*"), *Path(out_dir).glob(f".{MANIFEST_NAME}.*"),
+                 *Path(out_dir).glob(".rejects*")]:
         # Temporary files of this process were all renamed; others are from killed processes.
         path.unlink(missing_ok=True)
 

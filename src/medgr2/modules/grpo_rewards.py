@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
+from medgr2.data.response_format import extract_answer, format_reward
 from medgr2.modules.grpo_config import RewardConfig
-from medgr2.rl.answers import extract_answer, format_reward
 from medgr2.rl.rewards import composite_reward_components
 from medgr2.rl.rm_normalize import normalization_keys, normalize_within
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from medgr2.data.collate import IGNORE, model_inputs
-from medgr2.data.grade_config import PROBE_GRADE  # one owner of the grade names (data/)
+from medgr2.data.grade_config import IMAGE_SWAP_GRADE, PROBE_GRADE  # one owner of the grade names (data/)
 from medgr2.evaluation.reward_metrics import (
     paired_scores,
     pairwise_accuracy,
@@ -224,13 +224,19 @@ class RewardRegressor(VLMModule):
 
 def reward_metrics(scores: Sequence[float], targets: Sequence[float], grades: Sequence[str],
                    source_ids: Sequence[str], hi: float = 6.0, lo: float = 0.0) -> dict[str, float]:
-    """Held-out metrics: regression metrics on the graded rows (finite target), the pairwise accuracy
-    original > :data:`PROBE_GRADE` matched by ``source_id``, and the mean score of each grade."""
+    """Held-out metrics: regression metrics on the graded rows (finite target), the pairwise accuracies
+    original > :data:`PROBE_GRADE` (``pairwise_acc``) and original > :data:`IMAGE_SWAP_GRADE` (``image_pair_acc``:
+    the same response with another record's image; 0.5 = R_φ ignores the image) matched by ``source_id``, and
+    the mean score of each grade."""
     graded = [i for i, t in enumerate(targets) if not math.isnan(t)]
     out = regression_metrics([scores[i] for i in graded], [targets[i] for i in graded], hi, lo)
     better, worse = paired_scores(scores, grades, source_ids, "original", PROBE_GRADE)
     out["pairwise_acc"] = pairwise_accuracy(better, worse)
     out["pairwise_n"] = float(len(better))
+    better, worse = paired_scores(scores, grades, source_ids, "original", IMAGE_SWAP_GRADE)
+    if better:  # exports scored before the image probes existed have none
+        out["image_pair_acc"] = pairwise_accuracy(better, worse)
+        out["image_pair_n"] = float(len(better))
     out.update({f"mean/{g}": v for g, v in per_grade_means(scores, grades).items()})
     return out
 

@@ -1,7 +1,7 @@
 """``stage=grade`` (paper §3, "Multi-Grade Supervision"): D_grade — four graded responses per reference record
 (:func:`medgr2.data.grading.build_graded`), saved as a ``datasets`` folder at :func:`output_path`
 (``<cache>/grade/dgrade-<key>``, keyed by the source and the grading config), optionally with wrong-letter
-hard negatives (``stage.wrong_letter_rate``). The reward stage builds it through :func:`build_grade_dataset`
+hard negatives (``stage.wrong_letter_rate``) and image-grounding negatives (``stage.image_negative_rate``). The reward stage builds it through :func:`build_grade_dataset`
 when it is missing.
 """
 
@@ -17,7 +17,7 @@ import datasets
 from omegaconf import DictConfig, OmegaConf
 
 from medgr2.data.grade_config import GRADED_FEATURES, GradeConfig
-from medgr2.data.grade_transforms import wrong_letter_rows
+from medgr2.data.grade_transforms import image_swap_rows, wrong_letter_rows
 from medgr2.data.grading import build_graded
 from medgr2.data.schema import to_dataset
 from medgr2.pipeline.common import cache_dir, fingerprint, load_split, to_dict
@@ -27,6 +27,15 @@ from medgr2.pipeline.tracking import Tracker
 log = logging.getLogger(__name__)
 
 GRADE_META = "grading_meta.json"
+#: Extra rows beyond the paper's four grades: stage key -> (row maker, grade name). A key at 0 leaves D_grade
+#: (and every cache key built on it) as it was before the key existed.
+EXTRA_ROWS = {"wrong_letter_rate": (wrong_letter_rows, "wrong_letter"),
+              "image_negative_rate": (image_swap_rows, "image_swap")}
+
+
+def extra_rates(g: DictConfig | Mapping[str, Any]) -> dict[str, float]:
+    """The non-zero extra-row rates of a grade node (``{"wrong_letter_rate": 0.25}``; ``{}``: the paper's D_grade)."""
+    return {k: float(g.get(k) or 0.0) for k in EXTRA_ROWS if float(g.get(k) or 0.0) > 0}
 
 
 def grade_config(node: DictConfig | Mapping[str, Any]) -> GradeConfig:
@@ -50,7 +59,7 @@ def _source_records(cfg: DictConfig, g: DictConfig) -> datasets.Dataset:
 
 def grade_key(cfg: DictConfig, g: DictConfig | None = None) -> str:
     """Cache key of D_grade for these settings (``g``: a node with ``source`` and ``grading``; default
-    ``cfg.stage``): the source records and the grading config."""
+    ``cfg.stage``): the source records, the grading config and the non-zero extra-row rates."""
     g = g if g is not None else cfg.stage
     src = g.source
     if src.get("path"):
@@ -58,8 +67,8 @@ def grade_key(cfg: DictConfig, g: DictConfig | None = None) -> str:
         key = fingerprint("path", str(Path(src.path).resolve()), ds._fingerprint, src.get("size"))
     else:
         key = fingerprint("split", cfg.data, str(src.split), src.get("size"))
-    extra = float(g.get("wrong_letter_rate") or 0.0)
-    parts = (key, g.grading) if extra == 0 else (key, g.grading, {"wrong_letter_rate": extra})
+    extra = extra_rates(g)
+    parts = (key, g.grading) if not extra else (key, g.grading, extra)
     return fingerprint(*parts)
 
 
@@ -91,22 +100,31 @@ def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
     g = g if g is not None else cfg.stage
     dgrade = grade_artifact(cfg, g)
     path = dgrade.path
-    rate = float(g.get("wrong_letter_rate") or 0.0)
+    rates = extra_rates(g)
 
-    def with_hard_negatives(tmp: Path) -> dict[str, Any]:
-        # The paper's four grades (cached on their own: the WordNet pass is the slow part) + hard negatives.
+    def with_extra_rows(tmp: Path) -> dict[str, Any]:
+        # The paper's four grades (cached on their own: the WordNet pass is the slow part) + the extra rows,
+        # each at the irrelevant grade's value.
         plain = OmegaConf.create(to_dict(g))
-        plain.wrong_letter_rate = 0.0
+        for k in EXTRA_ROWS:
+            if k in plain:
+                plain[k] = 0.0
         base, _ = build_grade_dataset(cfg, plain)
         meta = {k: v for k, v in grade_artifact(cfg, plain).meta().items() if k != "key"}
         gcfg = grade_config(g.grading)
-        originals = base.filter(lambda grade: grade == "original", input_columns=["grade"]).to_list()
-        extra = wrong_letter_rows(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
+        # Undecoded images: the image-swap rows compare pictures by their stored bytes.
+        originals = (base.cast_column("image", datasets.Image(decode=False))
+                     .filter(lambda grade: grade == "original", input_columns=["grade"]).to_list())
+        extra, counts = [], {}
+        for k, rate in rates.items():
+            make, grade = EXTRA_ROWS[k]
+            rows = make(originals, gcfg.seed, target=gcfg.irrelevant, rate=rate)
+            extra += rows
+            counts[grade] = len(rows)
         ds = datasets.concatenate_datasets([base, to_dataset(extra, extra_features=GRADED_FEATURES)])
-        meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], "wrong_letter": len(extra)},
-                    wrong_letter_rate=rate)
+        meta.update(n_rows=len(ds), rows_per_grade={**meta["rows_per_grade"], **counts}, **rates)
         ds.save_to_disk(str(tmp))
-        log.info("D_grade + %d wrong-letter hard negatives -> %s", len(extra), path)
+        log.info("D_grade + extra rows at the irrelevant grade %s -> %s", counts, path)
         return meta
 
     def four_grades(tmp: Path) -> dict[str, Any]:
@@ -125,7 +143,7 @@ def build_grade_dataset(cfg: DictConfig, g: DictConfig | None = None,
 
     if dgrade.meta() is not None:
         log.info("reusing D_grade %s", path)
-    meta = dgrade.get_or_build(with_hard_negatives if rate > 0 else four_grades)
+    meta = dgrade.get_or_build(with_extra_rows if rates else four_grades)
     if tracker is not None and "n_rows" in meta:
         m = {"grade/rows": meta["n_rows"], "grade/records": meta["n_records"]}
         m.update({f"grade/rows/{k}": v for k, v in meta["rows_per_grade"].items()})

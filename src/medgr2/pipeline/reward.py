@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from medgr2.data.grade_config import GRADED_FEATURES, GRADES
-from medgr2.data.grade_transforms import split_by_source, wrong_letter_probes
+from medgr2.data.grade_transforms import held_out_probes, split_by_source
 from medgr2.pipeline.common import (
     cache_dir,
     fingerprint,
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "reward"
 #: Keys of the reward settings that do not change the trained weights (progress, resume, shipping).
 NON_KEY_SETTINGS = ("name", "val_every", "eval_batch_size", "ckpt_path", "ship")
+#: Settings added after R_φ exports existed (the shipped R_φ^0 among them): left out of the key at 0, so
+#: those exports keep their keys.
+ZERO_OFF_KEY_SETTINGS = ("image_negative_rate",)
 
 
 def rm_settings(cfg: DictConfig) -> DictConfig:
@@ -76,7 +79,8 @@ def reward_key(cfg: DictConfig, r: DictConfig | None = None) -> str:
     model = {k: v for k, v in to_dict(cfg.model).items() if k != "cache_dir"}
     # Knobs that do not change the trained weights stay out of the key ("ship" is never in a YAML: a
     # config with it set has the key of the same config without it).
-    settings = {k: v for k, v in to_dict(r).items() if k not in NON_KEY_SETTINGS}
+    settings = {k: v for k, v in to_dict(r).items()
+                if k not in NON_KEY_SETTINGS and not (k in ZERO_OFF_KEY_SETTINGS and not v)}
     return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"), *seed_part(cfg, "reward"))
 
 
@@ -246,12 +250,12 @@ def _fit_reward(cfg: DictConfig, r: DictConfig, tracker: Tracker, out: Path,
     train_idx, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), product_seed(cfg, "reward"),
                                          r.get("max_val_sources"))
     train_rows = rows.select(train_idx)
-    # Regression metrics are on the paper's four grades; the wrong-letter probes (built afresh for the
-    # held-out records, never trained on) measure the pairwise accuracy.
+    # Regression metrics are on the paper's four grades; the probes (built afresh for the held-out records,
+    # never trained on: a wrong letter, another record's image) measure the pairwise accuracies.
     val_rows = [v for v in rows.select(val_idx).to_list() if v["grade"] in GRADES]
-    probes = wrong_letter_probes(val_rows, int(r.grading.seed))
+    probes = held_out_probes(val_rows, int(r.grading.seed))
     val_all = val_rows + probes
-    log.info("R_φ data %s: %d train rows, %d held-out rows (%d sources) + %d wrong-letter probes",
+    log.info("R_φ data %s: %d train rows, %d held-out rows (%d sources) + %d probes (wrong letter, image swap)",
              data_path, len(train_rows), len(val_rows), len({v["source_id"] for v in val_rows}), len(probes))
 
     module = _init_module(cfg, r, tracker, train_rows["target"])
@@ -299,7 +303,7 @@ def run_reward(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         metrics, path = train_reward(cfg, cfg.stage, tracker, output_dir(cfg))
     if ship and rank_zero_only.rank == 0:
         path = ship_export(cfg, output_dir(cfg) / "reward_model")
-    keys = ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc")
+    keys = ("rm/spearman", "rm/kendall", "rm/mse", "rm/mae", "rm/sep_acc", "rm/pairwise_acc", "rm/image_pair_acc")
     print("R_φ held-out: " + ", ".join(f"{k.split('/')[1]} {metrics[k]:.3f}" for k in keys if k in metrics))
     print(f"R_φ export: {path}")
     return metrics

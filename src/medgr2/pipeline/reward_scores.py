@@ -22,17 +22,20 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def held_out_scores(cfg: DictConfig, model: str | Path) -> pd.DataFrame:
-    """Scores of R_φ ``model`` on the held-out D_grade rows (+ wrong-letter probes) for config ``cfg``."""
+    """Scores of R_φ ``model`` on the held-out D_grade rows (+ the wrong-letter and image-swap probes) for
+    config ``cfg``: the held-out records its training held out (split with ``seeds.reward``)."""
     from medgr2.data.grade_config import GRADES
-    from medgr2.data.grade_transforms import split_by_source, wrong_letter_probes
+    from medgr2.data.grade_transforms import held_out_probes, split_by_source
     from medgr2.modules.reward_scorer import RewardScorer
+    from medgr2.pipeline.common import product_seed
     from medgr2.pipeline.grade import build_grade_dataset
 
     r = cfg.stage
     rows, _ = build_grade_dataset(cfg, r)
-    _, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), int(cfg.seed), r.get("max_val_sources"))
+    _, val_idx = split_by_source(rows["source_id"], float(r.val_fraction), product_seed(cfg, "reward"),
+                                 r.get("max_val_sources"))
     val = [v for v in rows.select(val_idx).to_list() if v["grade"] in GRADES]
-    items = val + wrong_letter_probes(val, int(r.grading.seed))
+    items = val + held_out_probes(val, int(r.grading.seed))
     scores = RewardScorer(model, batch_size=int(r.eval_batch_size)).score(items)
     return pd.DataFrame({"id": [i["id"] for i in items], "grade": [i["grade"] for i in items],
                          "target": [float(i["target"]) for i in items], "score": scores})

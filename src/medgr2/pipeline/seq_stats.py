@@ -57,7 +57,8 @@ def sequence_stats(records: Iterable[Mapping[str, Any]], processor, instruction:
     Rows whose image cannot be read are counted in ``unreadable_images`` and left out.
     """
     from medgr2.data.collate import ChatCollator
-    from medgr2.data.prompting import response_text, user_text
+    from medgr2.data.prompting import user_text
+    from medgr2.data.response_format import response_text
 
     ip = processor.image_processor
     side = getattr(processor, "fixed_image_side", None)

@@ -16,22 +16,30 @@ from pathlib import Path
 import pandas as pd
 
 # Box order: the paper's four grades from best to worst, then the hard negatives.
-GRADE_ORDER = ("original", "synonym", "deletion", "irrelevant", "wrong_letter")
+GRADE_ORDER = ("original", "synonym", "deletion", "irrelevant", "wrong_letter", "image_swap")
+PROBES = ("wrong_letter", "image_swap")
 
 
-def summary(df: pd.DataFrame) -> tuple[float, float | None]:
-    """(Spearman of score vs the four grades' targets, share of records whose original outscores its
-    wrong-letter probe — None without probes). Items pair by the record id before ``#``."""
-    from medgr2.evaluation.reward_metrics import pairwise_accuracy, spearman
+def _probe_accuracy(df: pd.DataFrame, probe_grade: str) -> float | None:
+    """Share of records whose original outscores its ``probe_grade`` row (None without such rows)."""
+    from medgr2.evaluation.reward_metrics import pairwise_accuracy
 
-    graded = df[df["grade"] != "wrong_letter"]
-    rho = spearman(graded["score"].tolist(), graded["target"].tolist())
     by_record = df.assign(record=df["id"].str.split("#").str[0])
     orig = by_record[by_record["grade"] == "original"].set_index("record")["score"]
-    probe = by_record[by_record["grade"] == "wrong_letter"].set_index("record")["score"]
+    probe = by_record[by_record["grade"] == probe_grade].set_index("record")["score"]
     both = orig.index.intersection(probe.index)
-    pair = pairwise_accuracy(orig.loc[both].tolist(), probe.loc[both].tolist()) if len(both) else None
-    return rho, pair
+    return pairwise_accuracy(orig.loc[both].tolist(), probe.loc[both].tolist()) if len(both) else None
+
+
+def summary(df: pd.DataFrame) -> tuple[float, float | None, float | None]:
+    """(Spearman of score vs the four grades' targets, share of records whose original outscores its
+    wrong-letter probe, and its image-swap probe — None without such probes). Items pair by the record id
+    before ``#``."""
+    from medgr2.evaluation.reward_metrics import spearman
+
+    graded = df[~df["grade"].isin(PROBES)]
+    rho = spearman(graded["score"].tolist(), graded["target"].tolist())
+    return rho, _probe_accuracy(df, "wrong_letter"), _probe_accuracy(df, "image_swap")
 
 
 def plot(df: pd.DataFrame, out: Path, title: str = "R_φ held-out scores per grade") -> Path:
@@ -75,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     missing = {"id", "grade", "target", "score"} - set(df.columns)
     if missing:
         raise SystemExit(f"error: {scores} lacks the columns {sorted(missing)}")
-    rho, pair = summary(df)
-    title = f"R_φ held-out: Spearman {rho:.3f}" + (f", correct > wrong letter {pair:.2f}" if pair is not None else "")
+    rho, pair, image_pair = summary(df)
+    title = (f"R_φ held-out: Spearman {rho:.3f}" + (f", correct > wrong letter {pair:.2f}" if pair is not None else "")
+             + (f", own > other image {image_pair:.2f}" if image_pair is not None else ""))
     print(plot(df, Path(args.out or scores.parent) / "reward_scores.png", title))
     print(title)
 

@@ -31,7 +31,8 @@ RL_ARMS = {
     "question_type": (("cross_task_grpo", "cross_task_grpo_match"), "acc/qtype/", QUESTION_TYPES),
 }
 CELL_COLUMNS = ["arm", "source", "test", "domain", "gain", "gain lo", "gain hi", "SFT", "SFT+GRPO", "seeds"]
-SUMMARY_COLUMNS = ["arm", "domain", "gain", "gain lo", "gain hi", "p", "seeds", "sources"]
+SUMMARY_COLUMNS = ["arm", "domain", "gain", "gain lo", "gain hi", "p", "seeds", "sources", "vs base", "vs base lo",
+                   "vs base hi", "vs base p"]
 
 
 def _estimate(values: Sequence[float]) -> S.Estimate:
@@ -52,7 +53,12 @@ def gain_tables(runs: pd.DataFrame, axis: str = "modality") -> tuple[pd.DataFram
     """(cells, summary) for the arms of ``axis``. Cells: one row per arm × source × test group with the gain's
     mean and interval over seeds, the mean SFT and SFT+GRPO accuracy and the seed count. Summary: per arm, the
     in-domain and off-diagonal gain — per seed, the mean over sources (and, off-diagonal, over test groups) of
-    the run's gains — with its interval and two-sided p-value. ``attrs`` carry skipped / notes / used."""
+    the run's gains — with its interval and two-sided p-value. ``attrs`` carry skipped / notes / used.
+
+    Runs of a recipe with other sweep keys (an option such as ``stage.grpo.difficulty_filter=true``) form their
+    own arm, ``"<recipe> [<keys>]"``; its summary rows also give ``vs base``: per seed, the option's gain minus
+    the recipe's own gain on the same sources (the runs without extra keys), with its interval and p-value —
+    "did the option change what GRPO does?"."""
     if axis not in RL_ARMS:
         raise ValueError(f"axis must be one of {sorted(RL_ARMS)}, got {axis!r}")
     arms, infix, known = RL_ARMS[axis]
@@ -62,7 +68,7 @@ def gain_tables(runs: pd.DataFrame, axis: str = "modality") -> tuple[pd.DataFram
     used: list = []
     cells, summary = [], []
     for arm in arms:
-        keep = []
+        variants: dict[str, list[dict[str, Any]]] = {}
         for r in R.eval_records(runs, section, skipped, experiments=[arm]):
             if R.tag(r, "source") is None:
                 skipped.append(R.skip(r, section, "no source tag"))
@@ -71,43 +77,70 @@ def gain_tables(runs: pd.DataFrame, axis: str = "modality") -> tuple[pd.DataFram
             else:
                 r["_src"] = R.canonical_group(R.tag(r, "source"), known)
                 r["_data"] = R.tag(r, "data") or "?"
-                keep.append(r)
-        if not keep:
-            continue
-        by = Cl.latest_by(keep, lambda r: ((r["_data"], r["_src"]), Cl.sweep_rest(r, (*Cl.LABEL_TAGS, "source_axis"))),
-                         section, notes, describe=lambda k, arm=arm: f"source {k[0][1]} ({arm})")
-        chosen = Cl.one_sweep(by, section, notes, describe=lambda k, arm=arm: f"source {k[1]} ({arm})")
-        per_seed: dict[str, dict[str, list[float]]] = {"in-domain": {}, "off-diagonal": {}}
-        sources = R.ordered({k[1] for k in chosen}, known)
-        for key in sorted(chosen, key=lambda k: (k[0], sources.index(k[1]))):
-            src, rs = key[1], chosen[key]
-            gains = [run_gains(r, infix, known) for r in rs]
-            for r, g in zip(rs, gains, strict=True):
-                seed = R.seed_of(r)
-                used.append({"section": section, "row": f"{arm} source {src} seed {seed}", "run_id": r["run_id"]})
-                if src in g:
-                    per_seed["in-domain"].setdefault(seed, []).append(g[src][1] - g[src][0])
-                off = [b - a for t, (a, b) in g.items() if t != src]
-                if off:
-                    per_seed["off-diagonal"].setdefault(seed, []).append(float(np.mean(off)))
-            for test in R.ordered({t for g in gains for t in g}, known):
-                pairs = [g[test] for g in gains if test in g]
-                est = _estimate([b - a for a, b in pairs])
-                cells.append({"arm": arm, "source": src, "test": test,
-                              "domain": "in-domain" if test == src else "off-diagonal", "gain": est.value,
-                              "gain lo": est.lo, "gain hi": est.hi, "SFT": float(np.mean([a for a, _ in pairs])),
-                              "SFT+GRPO": float(np.mean([b for _, b in pairs])), "seeds": len(pairs)})
-        for domain, by_seed in per_seed.items():
-            est = _estimate([float(np.mean(v)) for _, v in seed_pairs(by_seed)])
-            summary.append({"arm": arm, "domain": domain, "gain": est.value, "gain lo": est.lo, "gain hi": est.hi,
-                            "p": est.p, "seeds": len(by_seed), "sources": len(sources)})
+                variants.setdefault(Cl.sweep_rest(r, (*Cl.LABEL_TAGS, "source_axis")), []).append(r)
+        base: dict[str, dict[str, dict[str, float]]] | None = None
+        for rest in sorted(variants, key=lambda v: (v != "", v)):  # the recipe itself first: the options' base
+            label = f"{arm} [{rest}]" if rest else arm
+            per_seed = _variant_cells(variants[rest], label, infix, known, section, notes, used, cells)
+            if not rest:
+                base = per_seed
+            sources = R.ordered({s for v in per_seed.values() for by in v.values() for s in by}, known)
+            for domain, by_seed in per_seed.items():
+                est = _estimate([float(np.mean(list(v.values()))) for _, v in seed_pairs(by_seed)])
+                row = {"arm": label, "domain": domain, "gain": est.value, "gain lo": est.lo, "gain hi": est.hi,
+                       "p": est.p, "seeds": len(by_seed), "sources": len(sources)}
+                if rest and base is not None:
+                    vs = _estimate(_versus(by_seed, base[domain]))
+                    row.update({"vs base": vs.value, "vs base lo": vs.lo, "vs base hi": vs.hi, "vs base p": vs.p})
+                summary.append(row)
     cell_df = pd.DataFrame(cells, columns=CELL_COLUMNS)
     summary_df = pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
+    if summary_df["vs base"].isna().all():
+        summary_df = summary_df.drop(columns=[c for c in SUMMARY_COLUMNS if c.startswith("vs base")])
     for df in (cell_df, summary_df):
         df.attrs.update(skipped=skipped, notes=notes, used=used)
     if not summary_df.empty and summary_df["seeds"].min() < 2:
         notes.append(f"RL gain ({axis}): cells with one seed have no interval (it comes from the seed spread).")
     return cell_df, summary_df
+
+
+def _variant_cells(records: list[dict[str, Any]], label: str, infix: str, known: Sequence[str], section: str,
+                   notes: list, used: list, cells: list) -> dict[str, dict[str, dict[str, float]]]:
+    """Append one arm's cells to ``cells``; return its per-seed gains ``{domain: {seed: {source: gain}}}``
+    (off-diagonal: the run's mean over its other test groups)."""
+    by = Cl.latest_by(records, lambda r: (r["_data"], r["_src"]), section, notes,
+                      describe=lambda k: f"source {k[1]} ({label})")
+    per_seed: dict[str, dict[str, dict[str, float]]] = {"in-domain": {}, "off-diagonal": {}}
+    sources = R.ordered({k[1] for k in by}, known)
+    for key in sorted(by, key=lambda k: (k[0], sources.index(k[1]))):
+        src, rs = key[1], by[key]
+        gains = [run_gains(r, infix, known) for r in rs]
+        for r, g in zip(rs, gains, strict=True):
+            seed = R.seed_of(r)
+            used.append({"section": section, "row": f"{label} source {src} seed {seed}", "run_id": r["run_id"]})
+            if src in g:
+                per_seed["in-domain"].setdefault(seed, {})[src] = g[src][1] - g[src][0]
+            off = [b - a for t, (a, b) in g.items() if t != src]
+            if off:
+                per_seed["off-diagonal"].setdefault(seed, {})[src] = float(np.mean(off))
+        for test in R.ordered({t for g in gains for t in g}, known):
+            pairs = [g[test] for g in gains if test in g]
+            est = _estimate([b - a for a, b in pairs])
+            cells.append({"arm": label, "source": src, "test": test,
+                          "domain": "in-domain" if test == src else "off-diagonal", "gain": est.value,
+                          "gain lo": est.lo, "gain hi": est.hi, "SFT": float(np.mean([a for a, _ in pairs])),
+                          "SFT+GRPO": float(np.mean([b for _, b in pairs])), "seeds": len(pairs)})
+    return per_seed
+
+
+def _versus(option: Mapping[str, Mapping[str, float]], base: Mapping[str, Mapping[str, float]]) -> list[float]:
+    """Per seed present in both: the option's mean gain minus the base's, over the sources both have."""
+    out = []
+    for seed, by_src in seed_pairs(option):
+        common = [s for s in by_src if s in base.get(seed, {})]
+        if common:
+            out.append(float(np.mean([by_src[s] - base[seed][s] for s in common])))
+    return out
 
 
 def gain_matrix(cells: pd.DataFrame, arm: str) -> pd.DataFrame:
@@ -125,8 +158,9 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     from medgr2.report.render import with_intervals
 
     shown = with_intervals(df)
-    if "p" in df.columns:
-        shown["p"] = df["p"].map(S.format_p)
+    for col in ("p", "vs base p"):
+        if col in df.columns:
+            shown[col] = df[col].map(S.format_p)
     return shown
 
 
@@ -209,15 +243,26 @@ def claims_rows(runs: pd.DataFrame, margin: float = 0.01) -> list[dict[str, Any]
                          "p": "–", "seeds": 0, "test": "not measured", "verdict": "not measured", "diff": math.nan,
                          "lo": math.nan, "hi": math.nan, "p_value": math.nan, "run_ids": ""})
             continue
-        for r in summary.itertuples(index=False):
-            est = S.Estimate(r.gain, r[3], r[4], int(r.seeds), 0, p=r.p)
-            what = "helps in-domain" if r.domain == "in-domain" else f"generalizes across {AXIS_WORDS[axis]}"
-            rows.append({"claim": f"GRPO ({ARM_LABELS.get(r.arm, r.arm)}) {what}",
-                         "comparison (B vs A)": f"{r.arm}: SFT+GRPO vs SFT, {r.domain}",
-                         "difference": f"{100 * r.gain:+.1f}",
-                         "95% CI": "–" if math.isnan(r[3]) else f"[{100 * r[3]:+.1f}, {100 * r[4]:+.1f}]",
-                         "p": S.format_p(r.p), "seeds": int(r.seeds),
-                         "test": f"t over seeds of the per-run gain ({int(r.sources)} sources)",
-                         "verdict": S.verdict(est, ">", margin), "diff": r.gain, "lo": r[3], "hi": r[4],
-                         "p_value": r.p, "run_ids": ""})
+        for r in summary.to_dict("records"):
+            what = "helps in-domain" if r["domain"] == "in-domain" else f"generalizes across {AXIS_WORDS[axis]}"
+            rows.append(_claim(f"GRPO ({ARM_LABELS.get(r['arm'], r['arm'])}) {what}",
+                               f"{r['arm']}: SFT+GRPO vs SFT, {r['domain']}", r["gain"], r["gain lo"], r["gain hi"],
+                               r["p"], int(r["seeds"]), f"t over seeds of the per-run gain ({int(r['sources'])} sources)",
+                               margin))
+            if not math.isnan(r.get("vs base", math.nan)):
+                recipe, _, option = r["arm"].partition(" [")
+                rows.append(_claim(f"{option.rstrip(']')} raises GRPO's gain ({r['domain']})",
+                                   f"{recipe} with vs without it: gain difference, {r['domain']}", r["vs base"],
+                                   r["vs base lo"], r["vs base hi"], r["vs base p"], int(r["seeds"]),
+                                   f"t over seeds of the paired gain difference ({int(r['sources'])} sources)", margin))
     return rows
+
+
+def _claim(claim: str, comparison: str, diff: float, lo: float, hi: float, p: float, seeds: int, test: str,
+           margin: float) -> dict[str, Any]:
+    """One row of the claims table (verdict: B > A by more than ``margin``)."""
+    est = S.Estimate(diff, lo, hi, seeds, 0, p=p)
+    return {"claim": claim, "comparison (B vs A)": comparison, "difference": f"{100 * diff:+.1f}",
+            "95% CI": "–" if math.isnan(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", "p": S.format_p(p),
+            "seeds": seeds, "test": test, "verdict": S.verdict(est, ">", margin), "diff": diff, "lo": lo, "hi": hi,
+            "p_value": p, "run_ids": ""}

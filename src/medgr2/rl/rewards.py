@@ -116,7 +116,7 @@ def composite_reward(
         reference_letters: the reference answer letter of each completion's prompt.
         alpha: weight of the reward-model score (paper: 0.8).
         beta: weight of the exact-match indicator (paper: 0.2).
-        format_scores: (B,) optional format rewards (e.g. :func:`~medgr2.rl.answers.format_reward`);
+        format_scores: (B,) optional format rewards (e.g. :func:`~medgr2.data.response_format.format_reward`);
             required when ``format_weight != 0``.
         format_weight: weight of the format term (0 = the paper's reward).
         rescale_rm: first map ``R_phi`` from ``[rm_min, rm_max]`` to ``[0, 1]`` (clamped), so the two terms

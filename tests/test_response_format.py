@@ -6,8 +6,8 @@ import doctest
 
 import pytest
 
-import medgr2.rl.answers as answers_mod
-from medgr2.rl.answers import extract_answer, extract_think, format_reward
+import medgr2.data.response_format as answers_mod
+from medgr2.data.response_format import extract_answer, extract_think, format_reward
 
 
 def test_doctests() -> None:
