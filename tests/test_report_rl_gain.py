@@ -84,6 +84,11 @@ def test_a_recipe_option_is_its_own_arm_with_its_gain_difference_to_the_recipe(t
     claims = claims_table(runs, PredictionCache(lambda rid: None)).set_index("claim")
     row = claims.loc[f"{option} raises GRPO's gain (in-domain)"]
     assert row["diff"] == pytest.approx(0.025) and row["seeds"] == 2
+    # the reward-hacking figure keeps the option's GRPO runs apart too, under a file-safe name
+    files, table = hacking_figures(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out")
+    assert set(files) == {"cross_modality_grpo", label}
+    assert files[label].name == "hacking_cross_modality_grpo_stage.grpo.difficulty_filter=true.png"
+    assert set(table[table["arm"] == label]["runs"]) == {2}
 
 
 def test_a_run_without_the_sft_metrics_is_skipped_with_the_reason(tmp_path):

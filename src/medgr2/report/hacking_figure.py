@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,9 @@ GRPO_STAGE = "grpo"
 
 def grpo_runs(tracking_uri: str, experiment: str = "medgr2", arms: Sequence[str] | None = None) -> pd.DataFrame:
     """Finished GRPO runs (``tags.stage == grpo``: a loop's GRPO step or ``stage=grpo`` alone) with their arm
-    (tag ``experiment``, ``default`` when absent), seed and source tags."""
+    (tag ``experiment``, ``default`` when absent; runs with extra sweep keys, an option such as
+    ``stage.grpo.difficulty_filter=true``, are the arm ``"<experiment> [<keys>]"`` as in the rlgen tables), seed
+    and source tags. ``arms`` selects by recipe (tag ``experiment``)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -44,13 +47,27 @@ def grpo_runs(tracking_uri: str, experiment: str = "medgr2", arms: Sequence[str]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     runs = runs[runs["status"] == "FINISHED"]
-    out = pd.DataFrame({"run_id": runs["run_id"],
-                        "arm": runs.get("tags.experiment", pd.Series("default", index=runs.index)).fillna("default"),
+    recipe = runs.get("tags.experiment", pd.Series("default", index=runs.index)).fillna("default")
+    rest = runs.get("tags.sweep", pd.Series("", index=runs.index)).fillna("").map(_option_keys)
+    out = pd.DataFrame({"run_id": runs["run_id"], "recipe": recipe,
+                        "arm": [f"{a} [{o}]" if o else a for a, o in zip(recipe, rest, strict=True)],
                         "seed": runs.get("tags.seed", pd.Series("?", index=runs.index)).fillna("?"),
                         "source": runs.get("tags.source", pd.Series("", index=runs.index)).fillna("")})
     if arms:
-        out = out[out["arm"].isin(list(arms))]
-    return out.reset_index(drop=True)
+        out = out[out["recipe"].isin(list(arms))]
+    return out.drop(columns="recipe").reset_index(drop=True)
+
+
+def _option_keys(sweep: str) -> str:
+    """The sweep keys that make an option of a recipe (not the source, seed or the table's label keys)."""
+    from medgr2.report.cells import LABEL_TAGS
+
+    return " ".join(i for i in sweep.split() if i.partition("=")[0] not in (*LABEL_TAGS, "source_axis"))
+
+
+def file_label(arm: str) -> str:
+    """``arm`` as a file-name part: ``cross_modality_grpo [stage.x=true]`` -> ``cross_modality_grpo_stage.x=true``."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", arm).strip("_")
 
 
 def metric_histories(tracking_uri: str, run_ids: Sequence[str]) -> pd.DataFrame:
@@ -151,7 +168,7 @@ def hacking_figures(tracking_uri: str, out: str | Path, experiment: str = "medgr
         hist = metric_histories(tracking_uri, group["run_id"].tolist())
         histories[str(arm)] = hist
         fig = plot(hist, str(arm), len(group), window)
-        path = out / f"hacking_{arm}.png"
+        path = out / f"hacking_{file_label(str(arm))}.png"
         fig.savefig(path, dpi=120)
         files[str(arm)] = path
     return files, summary_table(histories, runs)

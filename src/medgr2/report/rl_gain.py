@@ -168,7 +168,7 @@ def section(report, runs: pd.DataFrame, tracking_uri: str, experiment: str) -> N
     """Fill ``report`` (a :class:`medgr2.report.cli.Report`) with the ``rlgen`` tables, heatmaps and the
     reward-hacking figures of every GRPO arm."""
     from medgr2.report import figures as F
-    from medgr2.report.hacking_figure import hacking_figures
+    from medgr2.report.hacking_figure import file_label, hacking_figures
     from medgr2.report.render import to_csv, to_markdown
 
     out, notes = report.out, report.notes.setdefault("rlgen", [])
@@ -185,12 +185,12 @@ def section(report, runs: pd.DataFrame, tracking_uri: str, experiment: str) -> N
             report.tables[name] = df
             report.files[name] = [out / f"{name}.md", to_csv(df, out / f"{name}.csv", index=False)]
         for arm in cells["arm"].unique():
-            name = f"rlgen_{axis}_{arm}"
+            name = f"rlgen_{axis}_{file_label(arm)}"
             fig = F.plot_transfer(gain_matrix(cells, arm), f"{arm}: SFT+GRPO minus SFT (points)", center=0.0)
             report.figures[name] = F.save_png(fig, out / f"{name}.png")
     files, table = hacking_figures(tracking_uri, out, experiment)
-    for arm, path in files.items():
-        report.figures[f"hacking_{arm}"] = path
+    for path in files.values():
+        report.figures[path.stem] = path
     if not table.empty:
         report.tables["hacking_summary"] = table
         report.files["hacking_summary"] = [to_csv(table, out / "hacking_summary.csv", index=False)]
