@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import CONF
 
+from medgr2.configs.training import LOOP_STEP_NODES, DistillConfig, LoopConfig, SFTConfig
 from medgr2.pipeline.common import to_dict
-from medgr2.pipeline.stage_config import LOOP_STEP_NODES, DistillConfig, LoopConfig, SFTConfig
 
 
 def _yaml(name: str) -> dict:

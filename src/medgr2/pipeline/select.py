@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from medgr2.configs.stages import SelectStageConfig
 from medgr2.data.dedupe import pool_dedupe_keys
 from medgr2.data.pools import SCORE_HINT, SelectionError, open_pool, pool_identity
 from medgr2.data.rows import save_rows
@@ -73,17 +74,17 @@ def run_select(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
 def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
     """:func:`run_select`'s work; returns (metrics, folder of the selected rows)."""
-    s = cfg.stage
+    s = SelectStageConfig.from_node(to_dict(cfg.stage))  # unknown keys and bad values fail here, before any work
     settings = selection_settings(cfg)
     used = _used_by(str(settings["method"]))
     for key in ("k", "tau"):
         if cfg.get(key) is not None and key != used:
             log.warning("%s=%s is ignored by select=%s", key, cfg.get(key), settings["method"])
-    pool_path = Path(s.pool) if s.get("pool") else default_pool(cfg)
+    pool_path = Path(s.pool) if s.pool else default_pool(cfg)
     if not pool_path.exists():
         raise SelectionError(f"the candidate pool {pool_path} does not exist: {SCORE_HINT}")
     pool = open_pool(pool_path)
-    existing = _existing_paths(s.get("existing"))
+    existing = _existing_paths(s.existing)
     allow_overlap = bool(settings["allow_overlap"])
     if existing and allow_overlap:
         log.warning("stage.existing is ignored: allow_overlap=true keeps candidates already in D_gen")
@@ -95,7 +96,7 @@ def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, floa
     unused = {"topk": ("tau", "seed"), "randk": ("tau",), "threshold": ("k", "seed"), "all": ("k", "tau", "seed")}
     relevant = {k: v for k, v in settings.items() if k not in unused.get(str(settings["method"]), ())}
     key = fingerprint("select-v1", pool.identity(), [pool_identity(e) for e in use_existing], relevant)
-    selection = Artifact(Path(s.out_dir) if s.get("out_dir") else cache_dir(cfg) / "selected" / f"sel-{key}", key,
+    selection = Artifact(Path(s.out_dir) if s.out_dir else cache_dir(cfg) / "selected" / f"sel-{key}", key,
                          SELECTION_META)
     if selection.meta() is not None:
         log.info("reusing the identical selection in %s", selection.path)
