@@ -14,7 +14,13 @@ from conftest import CONF, ROOT
 from hydra.errors import ConfigCompositionException
 
 from medgr2.configs import STAGE_CONFIGS, STAGE_SCHEMAS, check_config
-from medgr2.configs.stages import EvaluateConfig, GenerateConfig, InspectConfig, ScoreConfig, SelectStageConfig
+from medgr2.configs.stages import (
+    EvaluateConfig,
+    GenerateConfig,
+    InspectConfig,
+    ScoreConfig,
+    SelectStageConfig,
+)
 from medgr2.configs.training import DistillConfig, LoopConfig, SFTConfig
 from medgr2.pipeline.common import to_dict
 
