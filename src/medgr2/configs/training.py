@@ -20,6 +20,7 @@ GRPO_PROMPTS = ("d_gen", "train")
 #: The loop's nodes that are single stages' own configs (each read by that stage's code).
 LOOP_STEP_NODES = ("generate", "score", "sft", "grpo", "reward", "distill_settings")
 
+
 @dataclass
 class SFTConfig:
     """``stage=sft`` (paper Eq. 2; also the loop's ``stage.sft`` node): loss on the answer tokens only."""
