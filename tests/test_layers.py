@@ -13,33 +13,37 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "medgr2"
-PACKAGES = ("data", "evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training",
-            "utils")
+PACKAGES = ("configs", "data", "evaluation", "generation", "models", "modules", "pipeline", "report", "rl",
+            "training", "utils")
 
 #: Which medgr2 packages each package must not import.
 FORBIDDEN: dict[str, set[str]] = {
     # Pure maths on tensors: nothing of the project, and no Lightning (below).
     "rl": set(PACKAGES) - {"rl"},
     # The factory builds models from a spec; the tokenizer corpus is passed in, so it knows no data set.
-    "models": {"data", "evaluation", "generation", "modules", "pipeline", "report", "rl", "training"},
+    "models": {"configs", "data", "evaluation", "generation", "modules", "pipeline", "report", "rl", "training"},
     # Records, prompts, selection: no model, no training.
-    "data": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training"},
+    "data": {"configs", "evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training"},
     # Evaluation runs a model's generate(): it may use the factory's decoding settings, nothing that trains.
-    "evaluation": {"generation", "modules", "pipeline", "report", "training"},
-    "generation": {"evaluation", "modules", "pipeline", "report", "rl", "training"},
+    "evaluation": {"configs", "generation", "modules", "pipeline", "report", "training"},
+    "generation": {"configs", "evaluation", "modules", "pipeline", "report", "rl", "training"},
     # What the LightningModules run on, below them: no module, no stage, no generator or evaluation.
-    "training": {"evaluation", "generation", "modules", "pipeline", "report"},
+    "training": {"configs", "evaluation", "generation", "modules", "pipeline", "report"},
     "modules": {"pipeline", "report"},
+    # The typed stage configs (imported by medgr2/__init__ to register the schemas): no model, no training. Only
+    # a validator may reach down, lazily (evaluation.protocols' names).
+    "configs": {"data", "generation", "models", "modules", "pipeline", "report", "rl", "training", "utils"},
     "pipeline": {"report"},
     # Reads MLflow and saved artifacts (CSV, JSON): it never builds a model or runs a stage.
-    "report": {"generation", "models", "modules", "pipeline", "training"},
+    "report": {"configs", "generation", "models", "modules", "pipeline", "training"},
     # Under everything (utils.cli checks config values with data's validators before a stage starts).
-    "utils": {"evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training"},
+    "utils": {"configs", "evaluation", "generation", "models", "modules", "pipeline", "report", "rl", "training"},
 }
 #: Third-party packages a layer must not import.
 FORBIDDEN_LIBS: dict[str, set[str]] = {
     "rl": {"lightning", "pytorch_lightning", "transformers", "datasets", "mlflow", "hydra"},
     "report": {"lightning", "torch", "transformers"},
+    "configs": {"lightning", "pytorch_lightning", "torch", "transformers", "datasets", "mlflow"},
 }
 
 

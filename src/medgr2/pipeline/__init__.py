@@ -8,6 +8,8 @@ from collections.abc import Callable
 import lightning as L
 from omegaconf import DictConfig
 
+from medgr2.configs import check_config
+from medgr2.pipeline.common import to_dict
 from medgr2.pipeline.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     name = cfg.stage.name
     if name not in stages:
         raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(sorted(stages))}")
-    if cfg.get("evaluate") is not None and cfg.evaluate.get("protocol") is not None:
-        from medgr2.evaluation.protocols import check_protocol
-
-        # Before any training: a misspelt protocol would otherwise fail only at the evaluation after SFT.
-        check_protocol(str(cfg.evaluate.protocol))
+    # Before any work: a misspelt key or a bad value (a protocol, a size) would otherwise fail only at the step
+    # that reads it, e.g. the evaluation after SFT or the loop's second iteration.
+    check_config(to_dict(cfg.stage), to_dict(cfg.get("evaluate")))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("cpu_threads"):
         # On a shared CPU box, torch's default (one thread per core in every process) oversubscribes the

@@ -14,9 +14,9 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig
 
+from medgr2.configs.training import LoopConfig
 from medgr2.data.schema import FIELDS, to_dataset
 from medgr2.pipeline.common import instruction, sub_config, to_dict
-from medgr2.pipeline.stage_config import LoopConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir
 

@@ -36,6 +36,8 @@ def with_stage(cfg: DictConfig, stage: Any, output_dir: str | Path | None = None
 
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
+        # The old node is typed by its stage's schema (medgr2.configs), which accepts no other stage's node.
+        del sub["stage"]
         sub.stage = stage if OmegaConf.is_config(stage) else OmegaConf.create(dict(stage))
         if output_dir is not None:
             sub.paths.output_dir = str(output_dir)

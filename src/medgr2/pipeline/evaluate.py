@@ -8,11 +8,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from medgr2.configs.stages import EvaluateConfig
 from medgr2.evaluation.evaluate import decoding_settings, predict
 from medgr2.evaluation.metrics import summarize
-from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, check_protocol
 from medgr2.models.decoding import as_params
-from medgr2.pipeline.common import load_split, output_dir
+from medgr2.pipeline.common import load_split, output_dir, to_dict
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_text
 
@@ -23,12 +23,12 @@ def evaluate_model(cfg: DictConfig, model, processor, tracker: Tracker, out: Pat
     """Evaluate on ``evaluate.split``; log metrics and the predictions file to the tracker."""
     from medgr2.pipeline.common import instruction
 
-    e = cfg.evaluate
-    protocol = check_protocol(str(e.get("protocol") or DEFAULT_PROTOCOL))
-    rows = load_split(cfg, e.split, limit=e.get("limit"))
-    tracker.log_params(as_params(decoding_settings(int(e.max_new_tokens)), "decoding/evaluate"))
-    preds = predict(model, processor, rows, instruction=instruction(cfg), batch_size=int(e.batch_size),
-                    max_new_tokens=int(e.max_new_tokens), protocol=protocol)
+    e = EvaluateConfig.from_node(to_dict(cfg.evaluate))  # unknown keys and bad values fail here
+    protocol = e.protocol
+    rows = load_split(cfg, e.split, limit=e.limit)
+    tracker.log_params(as_params(decoding_settings(e.max_new_tokens), "decoding/evaluate"))
+    preds = predict(model, processor, rows, instruction=instruction(cfg), batch_size=e.batch_size,
+                    max_new_tokens=e.max_new_tokens, protocol=protocol)
     metrics = summarize([p["pred"] for p in preds], [p["gold"] for p in preds], [p["n_options"] for p in preds],
                         [p["modality"] for p in preds], [p["question_type"] for p in preds],
                         option_probs=[p["option_probs"] for p in preds])
@@ -55,6 +55,6 @@ def run_evaluate(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     from medgr2.models.factory import load_vlm
     from medgr2.pipeline.pretrain import base_weights
 
-    weights = cfg.evaluate.get("weights") or base_weights(cfg, tracker)
+    weights = EvaluateConfig.from_node(to_dict(cfg.evaluate)).weights or base_weights(cfg, tracker)
     model, processor = load_vlm(cfg.model, weights=weights, corpus_fn=tokenizer_corpus, lora=False)
     return evaluate_model(cfg, model, processor, tracker, output_dir(cfg))

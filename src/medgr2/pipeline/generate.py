@@ -26,9 +26,10 @@ import datasets
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from medgr2.configs.stages import GenerateConfig
+from medgr2.configs.training import DistillConfig
 from medgr2.pipeline.common import cache_dir, fingerprint, load_split, output_dir, to_dict
 from medgr2.pipeline.stage import Artifact, fit_and_export
-from medgr2.pipeline.stage_config import DistillConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json
 
@@ -97,10 +98,8 @@ def generation_sources(cfg: DictConfig) -> datasets.Dataset:
     """The generator's source records: ``stage.source_split`` of the configured data, ``stage.n_sources``
     of them, images left encoded (``{"bytes", "path"}``) so candidates carry the very same image bytes —
     no decode/re-encode per request, and dedupe keys match across D_gen and new pools."""
-    s = cfg.stage
-    n = s.get("n_sources")
-    offset = int(s.get("source_offset") or 0)
-    where = to_dict(s.get("where")) or {}
+    s = GenerateConfig.from_node(to_dict(cfg.stage))
+    n, offset, where = s.n_sources, s.source_offset, dict(s.where or {})
     if where or offset:
         ds = filter_rows(load_split(cfg, str(s.source_split)), where)
         end = len(ds) if n is None else min(len(ds), offset + int(n))
@@ -228,29 +227,29 @@ def generate_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, fl
     """:func:`run_generate`'s work; returns (metrics, generation folder, exported candidates or None)."""
     from medgr2.generation import get_prompt, run_generation
 
-    s = cfg.stage
+    s = GenerateConfig.from_node(to_dict(cfg.stage))  # unknown keys and bad values fail here, before any work
     strategy = get_prompt(str(cfg.prompt.name)).name
     sources = generation_sources(cfg)
     backend = make_generator(cfg)
-    out = Path(s.out_dir) if s.get("out_dir") else default_candidates_dir(cfg, sources, backend)
+    out = Path(s.out_dir) if s.out_dir else default_candidates_dir(cfg, sources, backend)
     log.info("generating with %r, prompt=%s, %d sources -> %s", backend, strategy, len(sources), out)
     summary = run_generation(
         sources,
         backend,
         strategy,
         out,
-        samples_per_source=int(s.samples_per_source),
-        iteration=int(s.iteration),
-        seed=int(s.seed),
-        shard_size=int(s.shard_size),
-        question_types=list(s.question_types) if s.get("question_types") else None,
-        progress=bool(s.get("progress", True)),
+        samples_per_source=s.samples_per_source,
+        iteration=s.iteration,
+        seed=s.seed,
+        shard_size=s.shard_size,
+        question_types=list(s.question_types) if s.question_types else None,
+        progress=s.progress,
         retry_failed=bool(cfg.generator.get("retry_failed", False)),
     )
     info = summary.to_dict()
     info["cost_usd"] = cost_estimate(summary.usage, to_dict(cfg.generator.get("price_per_million")))
     export = None
-    if s.get("export", True) and (summary.complete or s.get("export_partial", False)):
+    if s.export and (summary.complete or s.export_partial):
         export = export_candidates(out)
         info["export"] = str(export)
     metrics = summary_metrics(info)

@@ -8,8 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from medgr2.configs.stages import InspectConfig
 from medgr2.data.stats import dataset_stats, format_leakage, format_stats
-from medgr2.pipeline.common import load_omnimedvqa_from_config, load_split, output_dir
+from medgr2.pipeline.common import load_omnimedvqa_from_config, load_split, output_dir, to_dict
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_write_json
 
@@ -43,6 +44,7 @@ def _sequence_report(cfg: DictConfig, records) -> dict | None:
 
 
 def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    st = InspectConfig.from_node(to_dict(cfg.stage))  # unknown keys and bad values fail here, before any work
     skipped: Counter = Counter()
     examples: dict[str, list[str]] = {}
     warnings: Counter = Counter()
@@ -54,12 +56,12 @@ def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         warnings, warning_examples = res.warnings, res.warning_examples
         stats = dataset_stats(records)
         extra = _omnimedvqa_report(res)
-        seq_rows = records[: int(cfg.stage.get("seq_rows") or len(records))]
+        seq_rows = records[: st.seq_rows or len(records)]
     else:
-        splits = list(cfg.stage.get("splits") or ["train", "val", "test"])
+        splits = list(st.splits)
         stats = {}
         rows, seq_rows = [], []
-        n_seq = int(cfg.stage.get("seq_rows") or 10**9)
+        n_seq = st.seq_rows or 10**9
         for sp in splits:
             ds = load_split(cfg, sp)
             rows.extend(ds.remove_columns("image").to_list())
@@ -69,7 +71,7 @@ def run_inspect(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     if extra:
         text += format_leakage(extra["leakage"], extra["attributes"], filtered=extra["filtered"])
     print(text)
-    seq = _sequence_report(cfg, seq_rows) if cfg.stage.get("sequences", True) else None
+    seq = _sequence_report(cfg, seq_rows) if st.sequences else None
     out = output_dir(cfg) / "data_stats.json"
     atomic_write_json(out, {"stats": stats, "skipped": dict(skipped), "examples": examples,
                             "warnings": dict(warnings), "warning_examples": warning_examples,

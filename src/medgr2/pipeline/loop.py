@@ -30,13 +30,14 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from medgr2.configs import check_stage
+from medgr2.configs.training import LoopConfig
 from medgr2.data.schema import FEATURES, FIELDS, canonical_modality, canonical_question_type
 from medgr2.pipeline.adapt import adapt_reward
 from medgr2.pipeline.common import load_split, sub_config, to_dict
 from medgr2.pipeline.loop_state import LoopState, loop_dir, loop_key
 from medgr2.pipeline.loop_table import baselines, duration, policy_label, results_table
 from medgr2.pipeline.stage import child_run
-from medgr2.pipeline.stage_config import LoopConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.utils.io import atomic_dir, atomic_write_json
 
@@ -123,7 +124,10 @@ class Loop:
     def __init__(self, cfg: DictConfig, tracker: Tracker):
         self.cfg, self.tracker, self.s = cfg, tracker, cfg.stage
         self.where = source_filter(cfg)
-        self.c = LoopConfig.from_node(to_dict(cfg.stage))  # the loop's own keys, validated before any work
+        # The loop's own keys and every step's stage settings, validated before any work (a typo in stage.sft
+        # would otherwise fail only after generation and scoring).
+        check_stage("loop", to_dict(cfg.stage))
+        self.c = LoopConfig.from_node(to_dict(cfg.stage))
         self.dir = loop_dir(cfg)
         self.state = LoopState(self.dir, loop_key(cfg))
 

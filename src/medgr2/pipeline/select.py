@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from medgr2.configs.stages import SelectStageConfig
 from medgr2.data.dedupe import pool_dedupe_keys
 from medgr2.data.pools import SCORE_HINT, SelectionError, open_pool, pool_identity
 from medgr2.data.rows import save_rows
@@ -84,13 +85,13 @@ class _Plan:
 
 
 def _plan(cfg: DictConfig) -> _Plan:
-    s = cfg.stage
+    s = SelectStageConfig.from_node(to_dict(cfg.stage))  # unknown keys and bad values fail here, before any work
     settings = selection_settings(cfg)
-    pool_path = Path(s.pool) if s.get("pool") else default_pool(cfg)
+    pool_path = Path(s.pool) if s.pool else default_pool(cfg)
     if not pool_path.exists():
         raise SelectionError(f"the candidate pool {pool_path} does not exist: {SCORE_HINT}")
     pool = open_pool(pool_path)
-    use_existing = [] if settings["allow_overlap"] else _existing_paths(s.get("existing"))
+    use_existing = [] if settings["allow_overlap"] else _existing_paths(s.existing)
     missing = [e for e in use_existing if not Path(e).exists()]
     if missing:
         raise SelectionError(f"stage.existing (D_gen) not found: {missing}")
@@ -98,7 +99,7 @@ def _plan(cfg: DictConfig) -> _Plan:
     unused = {"topk": ("tau", "seed"), "randk": ("tau",), "threshold": ("k", "seed"), "all": ("k", "tau", "seed")}
     relevant = {k: v for k, v in settings.items() if k not in unused.get(str(settings["method"]), ())}
     key = fingerprint("select-v1", pool.identity(), [pool_identity(e) for e in use_existing], relevant)
-    path = Path(s.out_dir) if s.get("out_dir") else cache_dir(cfg) / "selected" / f"sel-{key}"
+    path = Path(s.out_dir) if s.out_dir else cache_dir(cfg) / "selected" / f"sel-{key}"
     return _Plan(pool_path, pool, use_existing, settings, Artifact(path, key, SELECTION_META))
 
 
@@ -114,7 +115,7 @@ def output_path(cfg: DictConfig) -> Path:
 
 def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path]:
     """:func:`run_select`'s work; returns (metrics, folder of the selected rows)."""
-    s = cfg.stage
+    s = SelectStageConfig.from_node(to_dict(cfg.stage))
     plan = _plan(cfg)
     settings, pool, pool_path, use_existing, selection = (plan.settings, plan.pool, plan.pool_path, plan.existing,
                                                           plan.selection)
@@ -123,7 +124,7 @@ def select_candidates(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, floa
         if cfg.get(key) is not None and key != used:
             log.warning("%s=%s is ignored by select=%s", key, cfg.get(key), settings["method"])
     allow_overlap = bool(settings["allow_overlap"])
-    if _existing_paths(s.get("existing")) and allow_overlap:
+    if _existing_paths(s.existing) and allow_overlap:
         log.warning("stage.existing is ignored: allow_overlap=true keeps candidates already in D_gen")
     if selection.meta() is not None:
         log.info("reusing the identical selection in %s", selection.path)

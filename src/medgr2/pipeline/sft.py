@@ -8,13 +8,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from medgr2.configs.training import SFTConfig
 from medgr2.data.collate import ChatCollator, vqa_item
 from medgr2.modules.sft import SFTPolicy
 from medgr2.pipeline.common import instruction as config_instruction
 from medgr2.pipeline.common import load_split, output_dir, stage_rows, to_dict
 from medgr2.pipeline.pretrain import base_weights
 from medgr2.pipeline.stage import fit_and_export
-from medgr2.pipeline.stage_config import SFTConfig
 from medgr2.pipeline.tracking import Tracker
 from medgr2.training.item_dataset import ItemDataset
 

@@ -1,43 +1,24 @@
 """Typed configs of the SFT, distill and loop stages: one default per key, validated in ``__post_init__``.
 
-``conf/stage/{sft,distill,loop}.yaml`` keep their keys (every recipe and sweep overrides them by name) and
-document them; ``tests/test_stage_config.py`` checks that each YAML value equals the dataclass default, so the two
-cannot drift apart. A stage reads its node through :meth:`from_node`: an unknown key (a typo such as
-``stage.max_step=``) and a bad value fail before anything is built, in one line naming the key. The GRPO knobs have
-their own typed config (:mod:`medgr2.modules.grpo_config`).
+The dataclasses document every key; ``conf/stage/{sft,distill,loop}.yaml`` extend them (registered in Hydra's
+ConfigStore by :mod:`medgr2.configs`) and hold only the values that differ. A stage reads its node through
+:meth:`from_node`: an unknown key (a typo such as ``stage.max_step=``) and a bad value fail before anything is
+built, in one line naming the key. The GRPO knobs have their own typed config (:mod:`medgr2.modules.grpo_config`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
+
+from medgr2.configs.base import check as _check
+from medgr2.configs.base import from_node as _from_node
+from medgr2.configs.base import positive as _positive
 
 GRPO_PROMPTS = ("d_gen", "train")
 #: The loop's nodes that are single stages' own configs (each read by that stage's code).
 LOOP_STEP_NODES = ("generate", "score", "sft", "grpo", "reward", "distill_settings")
-
-T = TypeVar("T")
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ValueError(msg)
-
-
-def _from_node(cls: type[T], node: Mapping[str, Any], stage: str, ignore: tuple[str, ...] = ()) -> T:
-    """``cls(**node)`` minus ``ignore``; an unknown key is a one-line error naming it and the stage."""
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values = {k: v for k, v in dict(node).items() if k not in ignore}
-    unknown = sorted(k for k in values if k not in known)
-    _check(not unknown, f"unknown stage={stage} option(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
-
-
-def _positive(name: str, value: int | float | None, allow_none: bool = False) -> None:
-    _check((allow_none and value is None) or (value is not None and value > 0),
-           f"{name} must be > 0{' or null' if allow_none else ''}, got {value}")
 
 
 @dataclass
@@ -107,17 +88,23 @@ class DistillConfig:
 class AdaptConfig:
     """R_φ^{t+1} from R_φ^t (Algorithm 1 lines 12-13; :mod:`medgr2.pipeline.adapt`)."""
 
-    samples: int = 256  # policy completions (greedy) on the iteration's source images, graded by their answer
+    # policy completions (greedy) on the iteration's source images, graded by their answer: correct letter ->
+    # grading.synonym (6), wrong letter -> grading.irrelevant (-6), no answer -> grading.deletion (0)
+    samples: int = 256
     replay: int = 512  # D_grade rows mixed in, so R_φ keeps its grade scale (and its held-out set)
     max_steps: int = 100
     lr: float = 5.0e-4
     batch_size: int = 32
     # D_pref from the policy's own rollouts (docs/rl_generalization.md; medgr2.pipeline.reward_pairs)
-    d_pref: str = "greedy"  # greedy: one graded greedy answer per prompt | pairs: a right and a wrong rollout
+    # greedy: one greedy answer per prompt, graded (above) | pairs: G sampled rollouts per prompt, pairs of a right
+    # and a wrong one (Algorithm 1's D_pref; docs/rl_generalization.md)
+    d_pref: str = "greedy"
     rollouts: int | None = None  # d_pref=pairs: rollouts per prompt (None: stage.grpo.num_generations)
     max_pairs: int = 1  # d_pref=pairs: pairs per prompt
     image_negatives: bool = False  # d_pref=pairs: the right rollout under another prompt's image, graded irrelevant
-    heldout: int = 0  # > 0: R_φ's ranking accuracy on the policy's rollouts of this many validation prompts
+    # > 0: R_φ's accuracy at ranking the policy's right vs wrong rollouts of this many validation prompts, before
+    # and after adaptation (adapt/rm/policy_pair_acc_before|after)
+    heldout: int = 0
 
     def __post_init__(self) -> None:
         for key in ("samples", "max_steps", "lr", "batch_size", "max_pairs"):
@@ -136,14 +123,18 @@ class LoopConfig:
 
     name: str = "loop"
     iterations: int = 2  # T
-    seed_size: int = 200  # D_seed rows from the end of the train split; 0: none
-    grpo_enabled: bool = True  # line 11 (False: SFT only)
-    grpo_prompts: str = "d_gen"  # d_gen (Algorithm 1: the SFT data) | train (the benchmark's train questions)
-    eval_after_sft: bool = True  # also evaluate the SFT policy before GRPO
-    adapt_reward: bool = True  # lines 12-13
-    distill: bool = False  # line 14
+    # D_seed: ground-truth records that initialise D_gen (Algorithm 1 line 1); 0: none. Taken from the end of the
+    # train split, so they never overlap generation sources.
+    seed_size: int = 200
+    grpo_enabled: bool = True  # line 11 (False: SFT only, e.g. the TopK / RandK ablations)
+    # GRPO's prompts: d_gen (Algorithm 1: the SFT data) | train (the benchmark's labelled train questions; GRPO
+    # needs their answer letters only, no rationales)
+    grpo_prompts: str = "d_gen"
+    eval_after_sft: bool = True  # also evaluate the SFT policy before GRPO (Table 2's "SFT rewarded" vs "+GRPO")
+    adapt_reward: bool = True  # lines 12-13: grade policy samples, retrain R_φ from its previous export
+    distill: bool = False  # line 14: distil the generator on the selected data (generator=hf then uses it)
     dir: str | None = None  # None: <paths.root>/outputs/loops/<experiment_name>-<key>
-    reward_model: str | None = None  # an existing R_φ export to start from; None: train R_φ^0
+    reward_model: str | None = None  # an existing R_φ export to start from (e.g. a 3B model); None: train R_φ^0
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def __post_init__(self) -> None:
