@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from medgr2.data.prompting import SHORT_INSTRUCTION, chat_messages
+from medgr2.data.prompting import SHORT_INSTRUCTION, chat_item
 from medgr2.data.response_format import ANSWER_TAG, response_text
 from medgr2.data.schema import LETTERS
 
@@ -24,16 +24,7 @@ IGNORE = -100
 
 def vqa_item(rec: Mapping[str, Any], instruction: str = SHORT_INSTRUCTION, think: bool = True) -> dict[str, Any]:
     """A VQA record as a training item: target ``<think>rationale</think><answer>X</answer>``."""
-    return {
-        "image": rec["image"],
-        "prompt": _user_text(rec, instruction),
-        "prefix": "",
-        "target": response_text(rec.get("rationale", ""), rec["answer"], think=think),
-    }
-
-
-def _user_text(rec: Mapping[str, Any], instruction: str) -> str:
-    return chat_messages(rec, instruction)[0]["content"][1]["text"]
+    return chat_item(rec, instruction, target=response_text(rec.get("rationale", ""), rec["answer"], think=think))
 
 
 def to_rgb(image: Any) -> Image.Image:

@@ -94,6 +94,15 @@ def restyle_rationale(rationale: str, options: list[str], answer_idx: int) -> st
     return rationale
 
 
+def chat_item(rec: Mapping[str, Any], instruction: str = SHORT_INSTRUCTION, target: str = "",
+              prefix: str = "") -> dict[str, Any]:
+    """The one shape every model input is built from (SFT targets, GRPO prompts, R_φ items, evaluation): the
+    record's image, its user turn (:func:`user_text`), the start of the assistant turn the model is given
+    (``prefix``) and what it should write after it (``target``; ``""`` for a prompt to generate from).
+    :mod:`medgr2.data.collate` turns a batch of them into model inputs."""
+    return {"image": rec["image"], "prompt": user_text(rec, instruction), "prefix": prefix, "target": target}
+
+
 def chat_messages(rec: Mapping[str, Any], instruction: str = SHORT_INSTRUCTION) -> list[dict[str, Any]]:
     """A one-turn chat (image + text) in the ``apply_chat_template`` message format of Qwen-VL processors."""
     return [

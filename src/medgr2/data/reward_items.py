@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medgr2.data.grade_config import PROBE_GRADE  # noqa: F401 - re-exported: the grade names' one owner is grade_config
-from medgr2.data.prompting import user_text
+from medgr2.data.prompting import chat_item
 from medgr2.data.response_format import bare_answer_letter, response_text
 from medgr2.data.schema import LETTERS
 
@@ -49,4 +49,4 @@ def reward_item(rec: Mapping[str, Any], instruction: str = "", response_key: str
         response = response_text(rec.get("rationale", ""), str(rec["answer"]).strip().upper())
     if resolve_letter:
         response += resolved_answer(response, list(rec.get("options") or []))
-    return {"image": rec["image"], "prompt": user_text(rec, instruction), "prefix": "", "target": response}
+    return chat_item(rec, instruction, target=response)

@@ -10,17 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from medgr2.data.collate import ChatCollator, letter_slot, model_inputs
-from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
+from medgr2.data.prompting import SHORT_INSTRUCTION, chat_item
 from medgr2.data.response_format import ANSWER_TAG
 from medgr2.data.schema import LETTERS
 from medgr2.evaluation.protocols import DEFAULT_PROTOCOL, extract
 from medgr2.models.decoding import GREEDY
 
 log = logging.getLogger(__name__)
-
-
-def _prompt_item(rec: Mapping[str, Any], instruction: str, prefix: str = "") -> dict[str, Any]:
-    return {"image": rec["image"], "prompt": user_text(rec, instruction), "prefix": prefix, "target": ""}
 
 
 def answer_context(completion: str) -> str:
@@ -47,7 +43,7 @@ def option_probs(model, collator: ChatCollator, recs: Sequence[Mapping[str, Any]
     device = next(model.parameters()).device
     tok = collator.tok
     slots = [letter_slot(tok, c + ANSWER_TAG + "A") for c in contexts]
-    batch = collator([_prompt_item(r, instruction, c + ANSWER_TAG + "A") for r, c in zip(recs, contexts, strict=True)])
+    batch = collator([chat_item(r, instruction, prefix=c + ANSWER_TAG + "A") for r, c in zip(recs, contexts, strict=True)])
     logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits  # (B, T, V)
     T = logits.shape[1]
     out: list[list[float] | None] = []
@@ -84,7 +80,7 @@ def predict(model, processor, rows: Sequence[Mapping[str, Any]], *, instruction:
     it = range(0, len(rows), batch_size)
     for start in tqdm(it, desc="evaluate", disable=not progress, unit="batch"):
         recs = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        batch = gen([_prompt_item(r, instruction) for r in recs])
+        batch = gen([chat_item(r, instruction) for r in recs])
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
         seqs = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **GREEDY)
         completions = tok.batch_decode(seqs[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

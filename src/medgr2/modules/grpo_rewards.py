@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medgr2.data.prompting import SHORT_INSTRUCTION, user_text
+from medgr2.data.prompting import SHORT_INSTRUCTION, chat_item
 from medgr2.data.response_format import extract_answer, format_reward
 from medgr2.modules.grpo_config import RewardConfig
 from medgr2.rl.rewards import composite_reward_components
@@ -52,8 +52,7 @@ def reward_model_fn(source: Any, instruction: str = SHORT_INSTRUCTION, batch_siz
 
     def rm_fn(records: Sequence[Mapping[str, Any]], completions: Sequence[str]) -> Tensor:
         # The reward model scores (image, question, response) chat items, the same shape it was trained on.
-        items = [{"image": r["image"], "prompt": user_text(r, rm_instruction), "prefix": "", "target": c}
-                 for r, c in zip(records, completions, strict=True)]
+        items = [chat_item(r, rm_instruction, target=c) for r, c in zip(records, completions, strict=True)]
         return torch.tensor(scorer.score(items, batch_size=batch_size), dtype=torch.float32)  # (N,)
 
     return rm_fn

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from medgr2.data.collate import model_inputs, to_rgb
-from medgr2.data.prompting import user_text
+from medgr2.data.prompting import chat_item
 from medgr2.models.adapters import unwrap
 from medgr2.models.decoding import sampling
 from medgr2.training import sharding
@@ -87,8 +87,7 @@ class RolloutMixin:
 
     def prompt_items(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """The chat items (image + user text) of B records: one source for the HF and the vLLM prompts."""
-        return [{"image": r["image"], "prompt": user_text(r, self.cfg.rollout.instruction), "prefix": "",
-                 "target": ""} for r in records]
+        return [chat_item(r, self.cfg.rollout.instruction) for r in records]
 
     def prompt_batch(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         """Collate B records into left-padded prompt tensors on the module's device."""

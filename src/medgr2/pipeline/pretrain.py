@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from medgr2.data.collate import ChatCollator
-from medgr2.data.prompting import split_rationale, user_text
+from medgr2.data.prompting import chat_item, split_rationale
 from medgr2.data.synthmed import describe
 from medgr2.modules.sft import SFTPolicy
 from medgr2.pipeline.common import (
@@ -67,8 +67,8 @@ def pretrain_item(rec: Mapping[str, Any], instruction: str = "") -> dict[str, An
     findings, conclusion = split_rationale(rec["rationale"])
     if conclusion.startswith(" The answer is"):
         findings, conclusion = rec["rationale"], ""
-    return {"image": rec["image"], "prompt": user_text(rec, instruction), "prefix": f"<think>{findings}",
-            "target": f"{conclusion}</think><answer>{rec['answer']}</answer>"}
+    return chat_item(rec, instruction, prefix=f"<think>{findings}",
+                     target=f"{conclusion}</think><answer>{rec['answer']}</answer>")
 
 
 def base_key(cfg: DictConfig) -> str:

@@ -38,7 +38,7 @@ def sample_rollouts(model, processor, rows: Sequence[Mapping[str, Any]], *, n: i
     """``n`` sampled completions per record (as GRPO samples them: ancestral, ``temperature``), each
     ``{"completion", "pred", "correct"}`` with ``pred`` the answer letter under the evaluation protocol and
     ``correct`` whether it is the reference (``None`` pred: wrong)."""
-    from medgr2.evaluation.evaluate import _prompt_item
+    from medgr2.data.prompting import chat_item
 
     model.eval()
     device = next(model.parameters()).device
@@ -47,7 +47,7 @@ def sample_rollouts(model, processor, rows: Sequence[Mapping[str, Any]], *, n: i
     out: list[list[dict[str, Any]]] = []
     for start in range(0, len(rows), batch_size):
         recs = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        inputs = {k: v.to(device) for k, v in model_inputs(gen([_prompt_item(r, instruction) for r in recs])).items()}
+        inputs = {k: v.to(device) for k, v in model_inputs(gen([chat_item(r, instruction) for r in recs])).items()}
         seqs = model.generate(**inputs, max_new_tokens=int(max_new_tokens), pad_token_id=tok.pad_token_id,
                               num_return_sequences=int(n), **sampling(temperature))  # (B * n, T)
         texts = tok.batch_decode(seqs[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
