@@ -108,8 +108,11 @@ def plot_fig2(points: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_transfer(matrix: pd.DataFrame, title: str, center: float | None = None) -> Figure:
-    """Heatmap of a transfer matrix (accuracy in %, annotated); warm above ``center`` (e.g. chance), cool below."""
+def plot_transfer(matrix: pd.DataFrame, title: str, center: float | None = None, value_label: str = "test accuracy (%)",
+                  center_label: str = "chance", center_unit: str = "%", symmetric: bool = False) -> Figure:
+    """Heatmap of a transfer matrix (fractions shown in %, annotated); warm above ``center`` (e.g. chance), cool
+    below. ``symmetric``: a linear colour scale as far below ``center`` as above it (for differences, so equal
+    colours mean equal magnitudes); otherwise each side is stretched to its own extreme."""
     n_rows, n_cols = matrix.shape
     fig = Figure(figsize=(3.0 + 1.1 * max(n_cols, 3), 2.2 + 0.6 * max(n_rows, 2)), layout="constrained")
     if matrix.empty:
@@ -121,8 +124,13 @@ def plot_transfer(matrix: pd.DataFrame, title: str, center: float | None = None)
     if hi - lo < 1e-9:
         lo, hi = lo - 1.0, hi + 1.0
     c = None if center is None else 100 * center
-    norm = TwoSlopeNorm(vcenter=c, vmin=min(lo, c - 1e-6), vmax=max(hi, c + 1e-6)) if c is not None \
-        else Normalize(vmin=lo, vmax=hi)
+    if c is not None and symmetric:
+        m = max(abs(lo - c), abs(hi - c), 1e-6)
+        norm = Normalize(vmin=c - m, vmax=c + m)
+    elif c is not None:
+        norm = TwoSlopeNorm(vcenter=c, vmin=min(lo, c - 1e-6), vmax=max(hi, c + 1e-6))
+    else:
+        norm = Normalize(vmin=lo, vmax=hi)
     cmap = colormaps["coolwarm"].with_extremes(bad="lightgray")
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(n_cols), [str(x) for x in matrix.columns], rotation=30, ha="right")
@@ -134,8 +142,8 @@ def plot_transfer(matrix: pd.DataFrame, title: str, center: float | None = None)
             v = values[i, j]
             ax.text(j, i, "–" if math.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=8)
     cbar = fig.colorbar(im, ax=ax)
-    cbar.set_label("test accuracy (%)")
-    ax.set_title(title + (f"\n(colour centre: chance {c:.1f}%)" if c is not None else ""), fontsize=10)
+    cbar.set_label(value_label)
+    ax.set_title(title + (f"\n(colour centre: {center_label} {c:.1f}{center_unit})" if c is not None else ""), fontsize=10)
     return fig
 
 

@@ -146,8 +146,10 @@ def _versus(option: Mapping[str, Mapping[str, float]], base: Mapping[str, Mappin
 def gain_matrix(cells: pd.DataFrame, arm: str) -> pd.DataFrame:
     """Rows: training source, columns: test group, values: the mean gain (a fraction) of ``arm``."""
     sub = cells[cells["arm"] == arm]
-    return sub.pivot(index="source", columns="test", values="gain").rename_axis(index="train source",
-                                                                                   columns="test group")
+    # The cells come in the axis' canonical order (modalities, question types): keep it, so the diagonal is in-domain.
+    return (sub.pivot(index="source", columns="test", values="gain")
+            .reindex(index=pd.unique(sub["source"]), columns=pd.unique(sub["test"]))
+            .rename_axis(index="train source", columns="test group"))
 
 
 # ---------------------------------------------------------------------------------------------- report glue
@@ -186,7 +188,9 @@ def section(report, runs: pd.DataFrame, tracking_uri: str, experiment: str) -> N
             report.files[name] = [out / f"{name}.md", to_csv(df, out / f"{name}.csv", index=False)]
         for arm in cells["arm"].unique():
             name = f"rlgen_{axis}_{file_label(arm)}"
-            fig = F.plot_transfer(gain_matrix(cells, arm), f"{arm}: SFT+GRPO minus SFT (points)", center=0.0)
+            fig = F.plot_transfer(gain_matrix(cells, arm), f"{arm}: SFT+GRPO minus SFT (points, mean of seeds)",
+                                  center=0.0, value_label="gain (points)", center_label="no effect", center_unit=" points",
+                                  symmetric=True)
             report.figures[name] = F.save_png(fig, out / f"{name}.png")
     files, table = hacking_figures(tracking_uri, out, experiment)
     for path in files.values():
