@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from medgr2.data.collate import ChatCollator, model_inputs
+from medgr2.data.prompting import chat_item
 from medgr2.data.synthmed import SynthMedConfig, make_item, tokenizer_corpus
-from medgr2.evaluation.evaluate import _prompt_item, predict
+from medgr2.evaluation.evaluate import predict
 from medgr2.models.decoding import GREEDY, as_params, sampling
 from medgr2.models.factory import load_vlm
 
@@ -39,7 +40,7 @@ def test_the_checkpoint_penalty_would_change_a_plain_do_sample_false_generate(ti
     # The control: passing only do_sample=False leaves the checkpoint's penalty active.
     model, processor = tiny
     rows = [make_item(SynthMedConfig(), "test", i) for i in range(4)]
-    batch = ChatCollator(processor, generation=True)([_prompt_item(r, "") for r in rows])
+    batch = ChatCollator(processor, generation=True)([chat_item(r, "") for r in rows])
     seqs = {}
     for penalty in (1.0, 3.0):
         _set_checkpoint_config(model, penalty)

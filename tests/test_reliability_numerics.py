@@ -12,14 +12,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from medgr2.data.response_format import extract_answer, format_reward
 from medgr2.data.synthmed import SynthMedConfig, make_item
 from medgr2.modules.grpo import GRPOPolicy, completion_mask
 from medgr2.rl import (
     LOSS_TYPES,
     SCALE_CHOICES,
     composite_reward,
-    extract_answer,
-    format_reward,
     group_advantages,
     grpo_loss_with_stats,
 )
