@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medgr2.data.synthmed import SynthMedConfig, make_item
-from medgr2.pipeline.reward_pairs import image_swap_rows, pair_rows, ranking_accuracy, sample_rollouts
+from medgr2.pipeline.reward_pairs import pair_rows, ranking_accuracy, rollout_image_swap_rows, sample_rollouts
 
 GRADING = {"synonym": 6.0, "irrelevant": -6.0, "deletion": 0.0}
 
@@ -38,12 +38,12 @@ def test_pair_rows_grade_a_right_and_a_wrong_rollout_of_the_same_prompt():
         (rows[0]["id"], "policy_correct", 6.0), (rows[0]["id"], "policy_wrong", -6.0),
         (rows[2]["id"], "policy_correct", 6.0), (rows[2]["id"], "policy_wrong", -6.0)]
     assert len({r["id"] for r in out}) == 4 and out[3]["response"] == "no idea"
-    negs = image_swap_rows(rows, rollouts, triples, GRADING)
+    negs = rollout_image_swap_rows(rows, rollouts, triples, GRADING)
     assert [(n["grade"], n["target"]) for n in negs] == [("image_swap", -6.0)] * 2
     for n, (p, i, _) in zip(negs, triples, strict=True):
         assert n["response"] == rollouts[p][i]["completion"].strip() and n["question"] == rows[p]["question"]
         assert n["image"] is not rows[p]["image"]  # the same right answer, under another prompt's image
-    assert image_swap_rows(rows[:1], rollouts[:1], triples[:1], GRADING) == []
+    assert rollout_image_swap_rows(rows[:1], rollouts[:1], triples[:1], GRADING) == []
 
 
 def test_sample_rollouts_give_n_graded_samples_per_prompt(shared_cache):

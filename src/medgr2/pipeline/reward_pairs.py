@@ -28,7 +28,7 @@ from medgr2.rl.preference_pairs import pairwise_ranking_accuracy, right_wrong_pa
 
 D_PREF_CHOICES = ("greedy", "pairs")
 
-__all__ = ["D_PREF_CHOICES", "image_swap_rows", "pair_rows", "ranking_accuracy", "sample_rollouts"]
+__all__ = ["D_PREF_CHOICES", "rollout_image_swap_rows", "pair_rows", "ranking_accuracy", "sample_rollouts"]
 
 
 @torch.no_grad()
@@ -81,11 +81,12 @@ def pair_rows(rows: Sequence[Mapping[str, Any]], rollouts: Sequence[Sequence[Map
     return out, triples
 
 
-def image_swap_rows(rows: Sequence[Mapping[str, Any]], rollouts: Sequence[Sequence[Mapping[str, Any]]],
-                    triples: Sequence[tuple[int, int, int]], grading: Mapping[str, Any],
-                    seed: int = 0) -> list[dict[str, Any]]:
-    """Image-grounding negatives: each pair's right rollout with the image of another prompt (drawn, seeded),
-    graded ``grading.irrelevant``. Needs at least two distinct prompts; none are made otherwise."""
+def rollout_image_swap_rows(rows: Sequence[Mapping[str, Any]], rollouts: Sequence[Sequence[Mapping[str, Any]]],
+                            triples: Sequence[tuple[int, int, int]], grading: Mapping[str, Any],
+                            seed: int = 0) -> list[dict[str, Any]]:
+    """Image-grounding negatives from the policy's rollouts: each pair's right rollout with the image of another
+    prompt (drawn, seeded), graded ``grading.irrelevant``. (R_φ^0's own, on reference responses, are
+    :func:`medgr2.data.grade_transforms.image_swap_rows`.) Needs at least two distinct prompts; none are made otherwise."""
     if len(rows) < 2:
         return []
     rng = random.Random(seed)
@@ -139,7 +140,7 @@ def rollout_preferences(cfg, t: int, model, processor, prompts: Sequence[Mapping
         rollouts = sample_rollouts(model, processor, prompts, **kw)
         rows, triples = pair_rows(prompts, rollouts, grading, int(a.get("max_pairs", 1)), seed=int(cfg.seed) + t)
         if bool(a.get("image_negatives", False)):
-            rows += image_swap_rows(prompts, rollouts, triples, grading, seed=int(cfg.seed) + t)
+            rows += rollout_image_swap_rows(prompts, rollouts, triples, grading, seed=int(cfg.seed) + t)
         n_roll = sum(len(r) for r in rollouts)
         out["rows"] = rows
         out["metrics"].update({"pref/pairs": float(len(triples)), "pref/rollouts": float(n_roll),
