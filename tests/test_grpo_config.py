@@ -1,23 +1,25 @@
-"""GRPOConfig: one source of GRPO defaults, validated, and conf/stage/grpo.yaml agreeing with it."""
+"""GRPOConfig: one source of GRPO defaults, validated, and the flat schema conf/stage/grpo.yaml extends built from it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-import yaml
-from conftest import CONF
 
-from medgr2.modules.grpo_config import GRPOConfig
+from medgr2.configs.grpo import PIPELINE_KEYS, GRPOConfig, GRPOSchema, GRPOStageConfig
 
 
-def test_every_grpo_key_of_the_stage_yaml_equals_the_dataclass_default():
-    node = yaml.safe_load((CONF / "stage" / "grpo.yaml").read_text())
-    defaults = GRPOConfig().to_flat()
-    shared = [k for k in node if k in defaults]
-    assert len(shared) >= 30  # the YAML documents (nearly) every knob
-    differ = {k: (node[k], defaults[k]) for k in shared if node[k] != defaults[k]}
-    assert not differ, differ
+def test_the_flat_schema_holds_every_grpo_knob_with_the_dataclass_default():
+    schema = dataclasses.asdict(GRPOSchema())
+    knobs = GRPOConfig().to_flat()
+    stage = dataclasses.asdict(GRPOStageConfig())
+    assert set(schema) == (set(knobs) - set(PIPELINE_KEYS)) | set(stage)
+    assert {k: schema[k] for k in stage} == stage
+    assert {k: v for k, v in knobs.items() if k not in PIPELINE_KEYS and k != "instruction"} == \
+        {k: schema[k] for k in knobs if k not in PIPELINE_KEYS and k != "instruction"}
     # the measured values are the one default: lr 1e-5, 56 new tokens, clipping at 1.0
-    assert (defaults["lr"], defaults["max_new_tokens"], defaults["max_grad_norm"]) == (1e-5, 56, 1.0)
+    assert (schema["lr"], schema["max_new_tokens"], schema["max_grad_norm"]) == (1e-5, 56, 1.0)
+    assert GRPOSchema.__dataclass_fields__["max_grad_norm"].type == float | None
 
 
 def test_the_pipeline_builds_the_typed_config_from_the_composed_stage(make_cfg):

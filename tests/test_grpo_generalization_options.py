@@ -10,7 +10,7 @@ import torch
 from test_grpo_module import make_policy, params, records
 from torch.utils.data import DataLoader
 
-from medgr2.modules.grpo_config import GRPOConfig, RewardConfig
+from medgr2.configs.grpo import GRPOConfig, RewardConfig
 from medgr2.modules.grpo_rewards import score_completions
 
 

@@ -1,5 +1,5 @@
-"""R_φ's typed config: one source of defaults that conf/stage/reward.yaml agrees with, validated in one line,
-registered in Hydra's ConfigStore, and the object the module is built from."""
+"""R_φ's typed config: one source of defaults that the flat schema of conf/stage/reward.yaml is built from,
+validated in one line, and the object the module is built from."""
 
 from __future__ import annotations
 
@@ -7,26 +7,22 @@ import dataclasses
 
 import pytest
 import torch
-import yaml
-from conftest import CONF
 from omegaconf import OmegaConf
 
+from medgr2.configs.grade import GradeStageConfig
+from medgr2.configs.reward import PIPELINE_KEYS, RewardModelConfig, RewardSchema, RewardStageConfig
 from medgr2.data.grading import GradeConfig
-from medgr2.modules.reward_config import RewardModelConfig, RewardStageConfig
-
-#: Keys of the composed reward stage that belong to the grade stage it includes (conf/stage/grade.yaml).
-GRADE_KEYS = {"name", "defaults", "source", "grading", "wrong_letter_rate", "image_negative_rate"}
 
 
-def test_every_key_of_the_reward_yaml_is_known_and_equals_the_dataclass_default():
-    node = yaml.safe_load((CONF / "stage" / "reward.yaml").read_text())
-    defaults = RewardStageConfig().to_flat()
-    own = {k: v for k, v in node.items() if k not in GRADE_KEYS}
-    assert set(own) <= set(defaults), sorted(set(own) - set(defaults))
-    differ = {k: (v, defaults[k]) for k, v in own.items() if v != defaults[k]}
-    assert not differ, differ
-    # The YAML documents every stage and head knob (hi, lo and the instruction come from other groups).
-    assert set(defaults) - set(own) == {"hi", "lo", "instruction", "eight_bit_optim"}
+def test_the_flat_schema_holds_d_grades_keys_and_every_r_phi_knob_with_the_dataclass_default():
+    schema = dataclasses.asdict(RewardSchema())
+    flat = RewardStageConfig().to_flat()
+    grade = dataclasses.asdict(GradeStageConfig())
+    assert set(schema) == (set(flat) - set(PIPELINE_KEYS)) | set(grade)
+    assert {k: schema[k] for k in flat if k not in PIPELINE_KEYS} == \
+        {k: v for k, v in flat.items() if k not in PIPELINE_KEYS}
+    assert {k: schema[k] for k in grade if k != "name"} == {k: v for k, v in grade.items() if k != "name"}
+    assert schema["name"] == "reward" and schema["max_steps"] == RewardModelConfig().total_steps
 
 
 def test_the_held_out_thresholds_default_to_the_grading_defaults():
@@ -34,13 +30,11 @@ def test_the_held_out_thresholds_default_to_the_grading_defaults():
     assert (RewardModelConfig().hi, RewardModelConfig().lo) == (grading.synonym, grading.deletion)
 
 
-def test_both_schemas_are_in_hydras_config_store_with_the_dataclass_defaults():
+def test_the_schema_is_in_hydras_config_store_with_the_dataclass_defaults():
     from hydra.core.config_store import ConfigStore
 
-    store = ConfigStore.instance()
-    stage = OmegaConf.to_object(store.load("schema/reward_stage.yaml").node)
-    model = OmegaConf.to_object(store.load("schema/reward_model.yaml").node)
-    assert stage == RewardStageConfig() and model == RewardModelConfig()
+    node = ConfigStore.instance().load("schema/stage/reward.yaml").node
+    assert OmegaConf.to_object(node) == RewardSchema()
 
 
 def test_the_composed_stage_builds_the_typed_config_and_max_steps_is_the_schedule_length(make_cfg):

@@ -46,6 +46,21 @@ def test_sft_lowers_the_loss_on_a_fixed_batch_and_changes_parameters(shared_cach
     assert len(changed) > len(before) // 2
 
 
+def test_the_sft_module_takes_its_optimizer_config_from_the_stage_and_saves_it_flat(make_cfg, shared_cache):
+    from medgr2.configs.training import OptimConfig, SFTConfig
+    from medgr2.pipeline.common import to_dict
+
+    s = SFTConfig.from_node(to_dict(make_cfg("stage=sft", "stage.lr=0.02", "stage.max_steps=7").stage))
+    assert s.optim() == OptimConfig(lr=0.02, weight_decay=0.0, warmup_steps=s.warmup_steps, total_steps=7)
+    spec = {"name": "tiny_vlm", "tiny": {}, "image_size": 56, "cache_dir": str(shared_cache)}
+    module = SFTPolicy(spec, optim=s.optim())
+    assert module.optim.total_steps == 7 and module.hparams["lr"] == 0.02  # plain values: weights_only checkpoints
+    rebuilt = SFTPolicy(**dict(module.hparams))  # how a checkpoint's hyperparameters rebuild the module
+    assert rebuilt.optim == module.optim
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.base_lrs == [0.02] and scheduler.optimizer.param_groups[0]["weight_decay"] == 0.0
+
+
 def test_sft_stage_trains_evaluates_and_writes_an_mlflow_run(make_cfg):
     cfg = make_cfg("stage=sft", "stage.max_steps=6", "stage.train_size=48", "stage.batch_size=8", "stage.val_every=3",
                    "stage.val_size=8", "evaluate.limit=20", "experiment_name=unit")

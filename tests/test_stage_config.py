@@ -13,7 +13,7 @@ import yaml
 from conftest import CONF, ROOT
 from hydra.errors import ConfigCompositionException
 
-from medgr2.configs import STAGE_CONFIGS, STAGE_SCHEMAS, check_config
+from medgr2.configs import STAGE_CHECKS, STAGE_SCHEMAS, check_config
 from medgr2.configs.stages import (
     EvaluateConfig,
     GenerateConfig,
@@ -78,6 +78,11 @@ def test_cfg_job_prints_the_defaults_the_yaml_no_longer_repeats():
     (("stage=loop", "stage.adapt.replays=5"), "replays", "AdaptConfig"),
     (("stage=select", "stage.score.generate.n_source=5"), "n_source", "GenerateConfig"),
     (("evaluate.protocl=medr1",), "protocl", "EvaluateConfig"),
+    (("stage=grpo", "stage.temprature=0.7"), "temprature", "GRPOSchema"),
+    (("stage=loop", "stage.grpo.alhpa=0"), "alhpa", "GRPOSchema"),
+    (("stage=reward", "stage.poling=last"), "poling", "RewardSchema"),
+    (("stage=score", "stage.rm.grading.synonym_rat=0.1"), "synonym_rat", "GradeConfig"),
+    (("stage=grade", "stage.source.splt=val"), "splt", "GradeSource"),
 ])
 def test_a_typod_key_fails_at_composition_naming_it(make_cfg, overrides, key, where):
     with pytest.raises(ConfigCompositionException) as err:
@@ -90,6 +95,26 @@ def test_a_key_added_with_plus_passes_hydra_but_fails_the_stage_check_naming_it(
     cfg = make_cfg("stage=sft", "+stage.max_step=5")  # `+` opens the node: Hydra adds the key
     with pytest.raises(ValueError, match=r"^unknown stage=sft option\(s\) \['max_step'\]; known: "):
         check_config(to_dict(cfg.stage), to_dict(cfg.evaluate))
+
+
+def test_importing_medgr2_registers_the_schemas_without_torch_transformers_or_datasets():
+    # The schemas must exist before any composition, and `import medgr2` must stay light: the validators that
+    # need the maths' choice lists import them when they run.
+    code = ("import sys, medgr2; from hydra.core.config_store import ConfigStore; "
+            "ConfigStore.instance().load('schema/stage/grpo.yaml'); "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    assert out.strip() == "[]"
+
+
+def test_grpo_and_reward_values_are_checked_before_any_work(make_cfg):
+    with pytest.raises(ValueError, match=r"^loss_type must be one of .*got 'ppo'$"):
+        check_config(to_dict(make_cfg("stage=grpo", "stage.loss_type=ppo").stage), None)
+    with pytest.raises(ValueError, match=r"^stage.image_negative_rate must be in \[0, 1\], got 2.0$"):
+        check_config(to_dict(make_cfg("stage=loop", "stage.reward.image_negative_rate=2").stage), None)
+    with pytest.raises(ValueError, match=r"^pooling must be one of .*got 'max'$"):
+        check_config(to_dict(make_cfg("stage=score", "stage.rm.pooling=max").stage), None)
 
 
 def test_a_value_of_the_wrong_type_fails_at_composition(make_cfg):
@@ -140,7 +165,7 @@ def test_a_run_checks_its_stage_and_the_loops_steps_before_any_work(make_cfg, tm
     with pytest.raises(ValueError, match=r"^stage.warmup_steps must be >= 0, got -1$"):
         run(make_cfg("stage=loop", "stage.sft.warmup_steps=-1", "logger=none"))
     assert not (tmp_path / "out").exists()  # nothing was built
-    assert set(STAGE_CONFIGS) <= set(STAGE_SCHEMAS)
+    assert set(STAGE_CHECKS) <= set(STAGE_SCHEMAS)
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "trainer").glob("*.yaml")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -40,4 +41,32 @@ def from_node(cls: type[T], node: Mapping[str, Any], stage: str, ignore: tuple[s
     return cls(**values)
 
 
-__all__ = ["check", "from_node", "non_negative", "one_of", "positive"]
+def replaced(config: T, what: str, **changes: Any) -> T:
+    """A copy of dataclass ``config`` with some fields changed (validated again by its ``__post_init__``); an
+    unknown name is a one-line error naming it and ``what`` the config is."""
+    known = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - known)
+    check(not unknown, f"unknown {what} option(s) {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def flat_fields(cls: type, flatten: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                aliases: Mapping[str, str] | None = None) -> list[tuple[str, Any, dataclasses.Field]]:
+    """The fields of dataclass ``cls`` as ``make_dataclass`` specs ``(name, type, field)``, with the dataclass
+    fields named in ``flatten`` replaced by their own fields, ``exclude`` left out and ``aliases`` ({field name:
+    key}) renamed. Types are resolved (``typing.get_type_hints``) and every default is the dataclass's own, so a
+    flat schema built from them cannot drift from the typed config it mirrors."""
+    aliases = aliases or {}
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, Any, dataclasses.Field]] = []
+    for f in dataclasses.fields(cls):
+        if f.name in flatten:
+            out += flat_fields(hints[f.name], exclude=exclude, aliases=aliases)
+        elif f.name not in exclude:
+            default = (dataclasses.field(default_factory=f.default_factory)
+                       if f.default_factory is not dataclasses.MISSING else dataclasses.field(default=f.default))
+            out.append((aliases.get(f.name, f.name), hints[f.name], default))
+    return out
+
+
+__all__ = ["check", "flat_fields", "from_node", "non_negative", "one_of", "positive", "replaced"]

@@ -15,10 +15,34 @@ from typing import Any
 from medgr2.configs.base import check as _check
 from medgr2.configs.base import from_node as _from_node
 from medgr2.configs.base import positive as _positive
+from medgr2.configs.base import replaced
 
 GRPO_PROMPTS = ("d_gen", "train")
 #: The loop's nodes that are single stages' own configs (each read by that stage's code).
 LOOP_STEP_NODES = ("generate", "score", "sft", "grpo", "reward", "distill_settings")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warmup and a cosine decay (:func:`medgr2.training.optim.adamw_warmup_cosine`): what
+    every trained module's optimizer is built from (SFT, distillation and pretraining; GRPO's and R_φ's configs
+    hold the same settings and hand them over)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    total_steps: int = 1000  # the cosine schedule's length: the stage's max_steps
+    eight_bit_optim: bool = False  # bitsandbytes' 8-bit AdamW (GPU)
+
+    def __post_init__(self) -> None:
+        _positive("lr", self.lr)
+        _positive("total_steps", self.total_steps)
+        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def replace(self, **changes: Any) -> OptimConfig:
+        """A copy with some fields changed (validated again); an unknown name is a one-line error."""
+        return replaced(self, "optimizer", **changes)
 
 
 @dataclass
@@ -47,6 +71,11 @@ class SFTConfig:
             _positive(f"stage.{key}", getattr(self, key), allow_none=True)
         _check(self.warmup_steps >= 0, f"stage.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.weight_decay >= 0, f"stage.weight_decay must be >= 0, got {self.weight_decay}")
+
+    def optim(self) -> OptimConfig:
+        """The module's optimizer settings (the schedule runs over ``max_steps``)."""
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                           total_steps=self.max_steps)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> SFTConfig:
@@ -77,6 +106,11 @@ class DistillConfig:
         _positive("stage.train_size", self.train_size, allow_none=True)
         _check(self.warmup_steps >= 0, f"stage.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.weight_decay >= 0, f"stage.weight_decay must be >= 0, got {self.weight_decay}")
+
+    def optim(self) -> OptimConfig:
+        """The SFT module's optimizer settings (the schedule runs over ``max_steps``)."""
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                           total_steps=self.max_steps)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> DistillConfig:
@@ -151,4 +185,4 @@ class LoopConfig:
         return _from_node(cls, node, "loop", ignore=LOOP_STEP_NODES)
 
 
-__all__ = ["GRPO_PROMPTS", "LOOP_STEP_NODES", "AdaptConfig", "DistillConfig", "LoopConfig", "SFTConfig"]
+__all__ = ["GRPO_PROMPTS", "LOOP_STEP_NODES", "AdaptConfig", "DistillConfig", "LoopConfig", "OptimConfig", "SFTConfig"]

@@ -1,8 +1,9 @@
 """What the grades of D_grade are and how they are configured and seeded (paper §3, "Multi-Grade Supervision").
 
-The grade names and their targets (:class:`GradeConfig`), the extra columns of a graded row
-(:data:`GRADED_FEATURES`) and the per-row random source (:func:`rng_for`) that every grade's text is drawn
-with. :mod:`medgr2.data.grading` builds the data set from these.
+The grade names and their targets (:class:`GradeConfig`) and the per-row random source (:func:`rng_for`) that
+every grade's text is drawn with. :mod:`medgr2.data.grading` builds the data set from these (and owns the extra
+columns of a graded row, ``GRADED_FEATURES``). Standard library only: the typed stage configs
+(:mod:`medgr2.configs.grade`) import :class:`GradeConfig` when ``medgr2`` is imported.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
-
-import datasets
 
 GRADES: tuple[str, ...] = ("original", "synonym", "deletion", "irrelevant")
 IRRELEVANT_MODES: tuple[str, ...] = ("other_record", "wrong_option")
@@ -23,13 +22,6 @@ PROBE_GRADE = "wrong_letter"
 #: (:func:`medgr2.data.grade_transforms.image_swap_rows`); not one of the paper's four grades.
 IMAGE_SWAP_GRADE = "image_swap"
 
-#: Extra columns of a graded row, for ``schema.to_dataset(rows, extra_features=GRADED_FEATURES)``.
-GRADED_FEATURES: dict[str, datasets.Value] = {
-    "response": datasets.Value("string"),
-    "target": datasets.Value("float32"),
-    "grade": datasets.Value("string"),
-    "source_id": datasets.Value("string"),
-}
 
 
 @dataclass
@@ -96,4 +88,4 @@ def rng_for(seed: int, record_id: str, grade: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-__all__ = ["GRADED_FEATURES", "GRADES", "IMAGE_SWAP_GRADE", "IRRELEVANT_MODES", "PROBE_GRADE", "GradeConfig", "rng_for"]
+__all__ = ["GRADES", "IMAGE_SWAP_GRADE", "IRRELEVANT_MODES", "PROBE_GRADE", "GradeConfig", "rng_for"]

@@ -38,11 +38,21 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from medgr2.data.grade_config import GRADED_FEATURES, GRADES, IRRELEVANT_MODES, GradeConfig, rng_for
+import datasets
+
+from medgr2.data.grade_config import GRADES, IRRELEVANT_MODES, GradeConfig, rng_for
 from medgr2.data.grade_donors import DonorPool, irrelevant_response
 from medgr2.data.grade_perturbations import delete_phrases, synonym_perturb
 from medgr2.data.response_format import rationale_of, response_text
 from medgr2.data.schema import FIELDS, RecordError, provenance, validate_record
+
+#: Extra columns of a graded row, for ``schema.to_dataset(rows, extra_features=GRADED_FEATURES)``.
+GRADED_FEATURES: dict[str, datasets.Value] = {
+    "response": datasets.Value("string"),
+    "target": datasets.Value("float32"),
+    "grade": datasets.Value("string"),
+    "source_id": datasets.Value("string"),
+}
 
 if TYPE_CHECKING:
     from nltk.corpus.reader.wordnet import WordNetCorpusReader

@@ -13,7 +13,7 @@ one Lightning ``training_step`` (so every dataloader batch is used, and an epoch
 
 Manual optimization: a batch with NaN rewards is skipped without an update; with ``skip_zero_advantage`` so is a
 batch whose advantages are all 0 (AdamW's momentum would move every weight by about lr with no signal).
-Every knob and its default: :class:`medgr2.modules.grpo_config.GRPOConfig`.
+Every knob and its default: :class:`medgr2.configs.grpo.GRPOConfig`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from medgr2.configs.grpo import GRPOConfig
+from medgr2.configs.training import OptimConfig
 from medgr2.data.collate import ChatCollator
-from medgr2.modules.grpo_config import GRPOConfig
 from medgr2.modules.grpo_rewards import (
     HackingMonitor,
     RewardFn,
@@ -80,9 +81,9 @@ class GRPOPolicy(RolloutMixin, VLMModule):
         # Lightning collects this frame's arguments as hyperparameters: keep the dataclass out of them (checkpoints
         # load with weights_only=True); the flat values are saved below.
         config = None  # noqa: F841
-        super().__init__(model, weights=weights, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
-                         eight_bit_optim=cfg.eight_bit_optim, lora=lora)
+        super().__init__(model, weights=weights, optim=OptimConfig(
+            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
+            eight_bit_optim=cfg.eight_bit_optim), lora=lora)
         # Flat plain values only: checkpoints load with weights_only=True and rebuild the module from them.
         self.save_hyperparameters({"model": model, "weights": weights, "lora": lora, **cfg.to_flat()},
                                   logger=False)

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from medgr2.configs.grpo import RewardConfig
 from medgr2.data.prompting import SHORT_INSTRUCTION, chat_item
 from medgr2.data.response_format import extract_answer, format_reward
-from medgr2.modules.grpo_config import RewardConfig
 from medgr2.rl.rewards import composite_reward_components
 from medgr2.rl.rm_normalize import normalization_keys, normalize_within
 

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from medgr2.configs.reward import RewardModelConfig
+from medgr2.configs.training import OptimConfig
 from medgr2.data.collate import IGNORE, model_inputs
 from medgr2.data.grade_config import IMAGE_SWAP_GRADE, PROBE_GRADE  # one owner of the grade names (data/)
 from medgr2.evaluation.reward_metrics import (
@@ -43,7 +45,6 @@ from medgr2.evaluation.reward_metrics import (
 )
 from medgr2.models.adapters import merged, unwrap
 from medgr2.models.reward_head import RewardHead, pool_hidden
-from medgr2.modules.reward_config import RewardModelConfig
 from medgr2.modules.sft import VLMModule
 from medgr2.training import sharding
 from medgr2.training.optim import warmup_cosine
@@ -59,7 +60,7 @@ class RewardRegressor(VLMModule):
 
     Args:
         model / weights / lora: as :class:`VLMModule`.
-        config: every module setting (:class:`~medgr2.modules.reward_config.RewardModelConfig`: pooling, head
+        config: every module setting (:class:`~medgr2.configs.reward.RewardModelConfig`: pooling, head
             width, letter resolution, optimisation, held-out thresholds, instruction); None: the defaults.
         target_mean / target_std: the normalisation (see the module docstring), measured on the training targets;
             kept as buffers so they travel with checkpoints and exports.
@@ -77,9 +78,9 @@ class RewardRegressor(VLMModule):
         # Lightning collects this frame's arguments as hyperparameters: keep the dataclass out of them; the flat
         # values are saved below.
         config = None  # noqa: F841
-        super().__init__(model=model, weights=weights, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
-                         eight_bit_optim=cfg.eight_bit_optim, lora=lora)
+        super().__init__(model=model, weights=weights, optim=OptimConfig(
+            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
+            eight_bit_optim=cfg.eight_bit_optim), lora=lora)
         self.save_hyperparameters({"model": model, "weights": weights, "lora": lora, "target_mean": float(target_mean),
                                    "target_std": float(target_std), **dataclasses.asdict(cfg)}, logger=False)
         self.cfg = cfg

@@ -5,12 +5,14 @@ Also used for the embedded model's pretraining and for distilling the generator:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+from medgr2.configs.training import OptimConfig
 from medgr2.data.collate import model_inputs
 from medgr2.data.synthmed import tokenizer_corpus
 from medgr2.models.factory import ModelSpec, count_parameters, load_vlm
@@ -38,15 +40,17 @@ def sft_forward(model, batch: dict[str, torch.Tensor], answer_only: bool = True
 
 
 class VLMModule(L.LightningModule):
-    """Base: owns the VLM and its processor (from the model factory) and the optimizer settings."""
+    """Base: owns the VLM and its processor (from the model factory) and the optimizer settings (``optim``)."""
 
-    def __init__(self, model: dict[str, Any], weights: str | None = None, lr: float = 1e-3,
-                 weight_decay: float = 0.0, warmup_steps: int = 50, total_steps: int = 1000,
-                 eight_bit_optim: bool = False, lora: bool | None = None):
+    def __init__(self, model: dict[str, Any], weights: str | None = None, optim: OptimConfig | None = None,
+                 lora: bool | None = None):
         super().__init__()
-        # Not sent to the logger: the tracker already logs the whole resolved config as params, and a
-        # second module in the same run (pretraining inside SFT) would clash with these.
-        self.save_hyperparameters(logger=False)
+        self.optim = optim or OptimConfig()
+        # Flat plain values (checkpoints load with weights_only=True and rebuild the module from them; subclasses
+        # save their own). Not sent to the logger: the tracker already logs the whole resolved config as params,
+        # and a second module in the same run (pretraining inside SFT) would clash with these.
+        self.save_hyperparameters({"model": model, "weights": weights, "lora": lora,
+                                   **dataclasses.asdict(self.optim)}, logger=False)
         self.spec = ModelSpec.from_config(model)
         self.model, self.processor = load_vlm(self.spec, weights=weights, corpus_fn=tokenizer_corpus, lora=lora)
         total, trainable = count_parameters(self.model)
@@ -83,9 +87,9 @@ class VLMModule(L.LightningModule):
                         lora=self.hparams.lora)[0]
 
     def configure_optimizers(self):
-        hp = self.hparams
-        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps,
-                                   hp.total_steps, hp.eight_bit_optim)
+        o = self.optim
+        return adamw_warmup_cosine(self.model.parameters(), o.lr, o.weight_decay, o.warmup_steps, o.total_steps,
+                                   o.eight_bit_optim)
 
     def export(self, out_dir: str | Path) -> Path:
         """Save weights + processor with ``save_pretrained`` (LoRA merged) for later stages to load."""
@@ -103,8 +107,12 @@ class SFTPolicy(VLMModule):
     """Supervised fine-tuning on chat items; logs the whole-answer loss, the answer-letter loss/accuracy and,
     for verify rationales, the loss/accuracy of the per-option yes/no verdicts (``check_acc``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: dict[str, Any], weights: str | None = None, optim: OptimConfig | None = None,
+                 lora: bool | None = None, **overrides: Any):
+        """``optim``: the optimizer settings; ``overrides``: some of them changed (``lr=3e-3``), as a checkpoint's
+        flat hyperparameters rebuild the module."""
+        optim = optim or OptimConfig()
+        super().__init__(model, weights=weights, optim=optim.replace(**overrides) if overrides else optim, lora=lora)
         tok = self.processor.tokenizer
         ids = [tok.encode(w, add_special_tokens=False) for w in (" yes", " no")]
         # Only when both verdicts are single tokens (the tiny tokenizer's and Qwen's are).

@@ -47,7 +47,7 @@ def adapt_reward(cfg: DictConfig, t: int, tracker: Tracker, policy: str, rm_path
     previous export on D_pref plus a replay of D_grade (Algorithm 1 lines 12-13). ``cfg`` is the loop's config
     (``stage.adapt``, ``stage.generate``, ``stage.reward``); ``where`` its source filter. Returns the new R_φ's
     metrics and its export folder."""
-    from medgr2.data.grade_config import GRADED_FEATURES
+    from medgr2.data.grading import GRADED_FEATURES
     from medgr2.evaluation.evaluate import predict
     from medgr2.models.factory import load_vlm
     from medgr2.pipeline.generate import generation_sources

@@ -334,8 +334,7 @@ def distill_generator(cfg: DictConfig, tracker: Tracker, selected_ds: datasets.D
     gen_weights = cfg.generator.get("weights") if cfg.generator.get("name") == "hf" else None
     init = d.init or gen_weights or base_weights(cfg, tracker)
     strategy = str(d.strategy)
-    module = SFTPolicy(model=to_dict(cfg.model), weights=init, lr=float(d.lr), weight_decay=float(d.weight_decay),
-                       warmup_steps=int(d.warmup_steps), total_steps=int(d.max_steps))
+    module = SFTPolicy(model=to_dict(cfg.model), weights=init, optim=d.optim())
     loader = DataLoader(ItemDataset(rows, lambda r: generator_item(r, strategy)), batch_size=int(d.batch_size),
                         shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
     log.info("distilling the generator on %d selected items (%s prompts) for %d steps from %s",

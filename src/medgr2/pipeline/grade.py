@@ -16,9 +16,9 @@ from typing import Any
 import datasets
 from omegaconf import DictConfig, OmegaConf
 
-from medgr2.data.grade_config import GRADED_FEATURES, GradeConfig
+from medgr2.data.grade_config import GradeConfig
 from medgr2.data.grade_transforms import image_swap_rows, wrong_letter_rows
-from medgr2.data.grading import build_graded
+from medgr2.data.grading import GRADED_FEATURES, build_graded
 from medgr2.data.schema import to_dataset
 from medgr2.pipeline.common import cache_dir, fingerprint, load_split, to_dict
 from medgr2.pipeline.stage import Artifact

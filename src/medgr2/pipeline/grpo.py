@@ -11,8 +11,8 @@ import datasets
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
+from medgr2.configs.grpo import GRPOConfig
 from medgr2.modules.grpo import GRPOPolicy
-from medgr2.modules.grpo_config import GRPOConfig
 from medgr2.modules.grpo_resume import GRPOResumeState, ResumableSampler
 from medgr2.pipeline.common import instruction, output_dir, stage_rows, to_dict
 from medgr2.pipeline.pretrain import base_weights

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from medgr2.configs.training import OptimConfig
 from medgr2.data.collate import ChatCollator
 from medgr2.data.prompting import chat_item, split_rationale
 from medgr2.data.synthmed import describe
@@ -160,8 +161,8 @@ def run_pretrain(cfg: DictConfig, out: Path, tracker: Tracker) -> Path:
     p = cfg.model.pretrain
     rows = load_split(cfg, "pretrain", limit=int(p.n_items))
     instr = instruction(cfg)
-    module = SFTPolicy(model=to_dict(cfg.model), weights=None, lr=float(p.lr), warmup_steps=int(p.warmup_steps),
-                       total_steps=int(p.steps), lora=False)
+    optim = OptimConfig(lr=float(p.lr), warmup_steps=int(p.warmup_steps), total_steps=int(p.steps))
+    module = SFTPolicy(model=to_dict(cfg.model), weights=None, optim=optim, lora=False)
     loader = DataLoader(ItemDataset(rows, lambda r: pretrain_item(r, instr)), batch_size=int(p.batch_size),
                         shuffle=True, collate_fn=ChatCollator(module.processor), num_workers=0)
     fit_and_export(cfg, tracker, module, loader, max_steps=int(p.steps), out=out, export_to=out, checkpoints=False,

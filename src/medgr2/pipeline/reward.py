@@ -33,8 +33,9 @@ import datasets
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from medgr2.data.grade_config import GRADED_FEATURES, GRADES
+from medgr2.data.grade_config import GRADES
 from medgr2.data.grade_transforms import held_out_probes, split_by_source
+from medgr2.data.grading import GRADED_FEATURES
 from medgr2.pipeline.common import (
     cache_dir,
     fingerprint,

@@ -34,8 +34,7 @@ def train_sft(cfg: DictConfig, tracker: Tracker) -> tuple[dict[str, float], Path
     think = bool(s.think)
     rows = stage_rows(cfg, "training rows")
     val = load_split(cfg, "val", limit=s.val_size)
-    module = SFTPolicy(model=to_dict(cfg.model), weights=weights, lr=float(s.lr), weight_decay=float(s.weight_decay),
-                       warmup_steps=int(s.warmup_steps), total_steps=int(s.max_steps))
+    module = SFTPolicy(model=to_dict(cfg.model), weights=weights, optim=s.optim())
     collate = ChatCollator(module.processor)
 
     def to_item(r):

@@ -1,12 +1,13 @@
-"""One typed source of R_φ defaults: :class:`RewardModelConfig` (what :class:`~medgr2.modules.reward.RewardRegressor`
-needs) inside :class:`RewardStageConfig` (the rest of ``stage=reward``: data, held-out split, batches, resume).
+"""R_φ's one typed source of defaults (paper §3, Eq. 1): :class:`RewardModelConfig` (what
+:class:`~medgr2.modules.reward.RewardRegressor` needs) inside :class:`RewardStageConfig` (the rest of
+``stage=reward``: data, held-out split, batches, resume).
 
-``conf/stage/reward.yaml`` keeps its flat keys (``stage.lr``, ``stage.pooling``, ...: recipes, the loop's R_φ
-adaptation and sweeps override them that way); :meth:`RewardStageConfig.from_flat` routes each key to the part
-that owns it (``max_steps`` is the module's ``total_steps``, the length of its cosine schedule) and
-:meth:`RewardStageConfig.to_flat` goes back. A test checks that every key of the YAML equals the dataclass
-default, so the two cannot drift apart. Both dataclasses validate themselves in ``__post_init__`` with a one-line
-error naming the key, and are registered in Hydra's ConfigStore (``schema/reward_model``, ``schema/reward_stage``).
+``conf/stage/reward.yaml`` keeps flat keys (``stage.lr``, ``stage.pooling``, ...: recipes, the loop's R_φ
+adaptation, sweeps and every R_φ cache key use them): it extends :data:`RewardSchema`, built from these
+dataclasses and D_grade's (:class:`medgr2.configs.grade.GradeStageConfig`: R_φ trains on D_grade, which is built
+when missing). :meth:`RewardStageConfig.from_flat` routes each key to the part that owns it (``max_steps`` is the
+module's ``total_steps``, the length of its cosine schedule) and :meth:`RewardStageConfig.to_flat` goes back.
+Both dataclasses validate themselves in ``__post_init__`` with a one-line error naming the key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from medgr2.models.reward_head import POOLINGS
+from medgr2.configs.base import flat_fields, replaced
+from medgr2.configs.grade import GradeStageConfig
 
 #: The YAML's name of a module field (the stage says ``max_steps``, the LR schedule ``total_steps``).
 FLAT_ALIASES = {"max_steps": "total_steps"}
@@ -50,6 +52,10 @@ class RewardModelConfig:
     instruction: str = ""  # the prompt instruction items are built with (the pipeline passes data.instruction)
 
     def __post_init__(self) -> None:
+        from medgr2.models.reward_head import (
+            POOLINGS,  # here: the schema is registered before torch is imported
+        )
+
         _check(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         _check(self.head_hidden >= 0, f"head_hidden must be >= 0 (0: a single Linear), got {self.head_hidden}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -62,10 +68,7 @@ class RewardModelConfig:
 
     def replace(self, **changes: Any) -> RewardModelConfig:
         """A copy with some fields changed (validated again); an unknown name is a one-line error."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        _check(not unknown, f"unknown R_phi module option(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(self, **changes)
+        return replaced(self, "R_phi module", **changes)
 
 
 @dataclass
@@ -73,12 +76,12 @@ class RewardStageConfig:
     """``stage=reward``'s own keys; the module's are in :attr:`model`. ``conf/stage/reward.yaml`` documents each."""
 
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    train_data: str | None = None  # a saved graded dataset; None: D_grade
-    init: str | None = None  # continual adaptation: a previous R_φ export folder (or a reward .ckpt)
+    train_data: str | None = None  # a saved graded dataset (e.g. graded policy samples); None: D_grade
+    init: str | None = None  # continual adaptation: a previous R_φ export folder (or a reward .ckpt); None: the base
     val_fraction: float = 0.1  # share of source records held out (all grades of a record on one side)
-    max_val_sources: int | None = 200  # cap on held-out records
-    normalize: bool = True  # regress standardised targets (mean/std of the training targets)
-    lora: bool | None = None  # None: model.lora.enabled
+    max_val_sources: int | None = 200  # cap on held-out records (each gives its graded rows + the probes)
+    normalize: bool = True  # regress standardised targets (mean/std of the training targets), report grade scale
+    lora: bool | None = None  # None: model.lora.enabled; true/false overrides it
     batch_size: int = 32
     eval_batch_size: int = 64
     val_every: int = 400
@@ -125,13 +128,31 @@ class RewardStageConfig:
         return out
 
 
-def _register() -> None:
-    """The two schemas in Hydra's ConfigStore (``schema/reward_model``, ``schema/reward_stage``)."""
-    from hydra.core.config_store import ConfigStore
+def check_node(node: Mapping[str, Any]) -> None:
+    """Check a resolved ``stage=reward`` node: its R_φ keys through :class:`RewardStageConfig`, its D_grade keys
+    through :class:`GradeStageConfig`; an unknown key or a bad value is a one-line error naming it."""
+    grade_keys = {f.name for f in dataclasses.fields(GradeStageConfig)}
+    # `+stage.ship=true` (`make reward0`) is a switch of the run, not a setting: in no schema, so a config with it
+    # composes to the node (and the R_φ cache key) of the same config without it.
+    _check(isinstance(node.get("ship", False), bool), f"stage.ship must be true or false, got {node.get('ship')!r}")
+    RewardStageConfig.from_flat({k: v for k, v in dict(node).items() if k not in grade_keys and k != "ship"})
+    GradeStageConfig.from_node({k: v for k, v in dict(node).items() if k in grade_keys}, stage="reward")
 
-    cs = ConfigStore.instance()
-    cs.store(group="schema", name="reward_model", node=RewardModelConfig)
-    cs.store(group="schema", name="reward_stage", node=RewardStageConfig)
 
+#: Keys of :class:`RewardModelConfig` that no YAML sets: the pipeline passes them (``hi``/``lo`` = the grading's
+#: synonym/deletion grades, ``instruction`` = the run's ``data.instruction``), or they are not exposed.
+PIPELINE_KEYS = ("hi", "lo", "instruction", "eight_bit_optim")
 
-_register()
+#: The flat schema ``conf/stage/reward.yaml`` extends: D_grade's keys (:class:`GradeStageConfig`, named
+#: ``reward``) + R_φ's (``max_steps`` for the module's ``total_steps``), each with its dataclass type and default.
+RewardSchema = dataclasses.make_dataclass(
+    "RewardSchema",
+    [("name", str, field(default="reward"))]
+    + flat_fields(RewardStageConfig, flatten=("model",), exclude=PIPELINE_KEYS,
+                  aliases={v: k for k, v in FLAT_ALIASES.items()}),
+    bases=(GradeStageConfig,),
+)
+RewardSchema.__doc__ = "``stage=reward`` as composed (flat): D_grade's keys + RewardStageConfig's + the module's."
+RewardSchema.__module__ = __name__
+
+__all__ = ["FLAT_ALIASES", "PIPELINE_KEYS", "RewardModelConfig", "RewardSchema", "RewardStageConfig", "check_node"]
