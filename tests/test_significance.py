@@ -124,6 +124,7 @@ def test_seed_matched_comparison_widens_with_disagreeing_seeds():
     (0.01, 0.05, ">", "reproduced"), (-0.04, -0.01, ">", "not reproduced"), (-0.005, 0.008, ">", "not reproduced"),
     (-0.02, 0.04, ">", "inconclusive"), (-0.008, 0.02, ">=", "reproduced"), (-0.05, -0.02, ">=", "not reproduced"),
     (-0.05, 0.01, ">=", "inconclusive"), (math.nan, math.nan, ">", "inconclusive"),
+    (0.0016, 0.0042, ">", "reproduced, under 1 point"),
 ])
 def test_verdicts_follow_the_interval_and_the_margin(lo, hi, relation, expected):
     est = Estimate((lo + hi) / 2 if not math.isnan(lo) else math.nan, lo, hi, 3, 100)

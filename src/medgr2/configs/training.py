@@ -45,8 +45,25 @@ class OptimConfig:
         return replaced(self, "optimizer", **changes)
 
 
+class TrainsSFTModule:
+    """Mixin of the stage configs that train the SFT module (sft, distill): their ``lr`` / ``weight_decay`` /
+    ``warmup_steps`` / ``max_steps`` keys are checked the same way and become its :class:`OptimConfig`."""
+
+    def check_schedule(self) -> None:
+        """The schedule keys' one-line checks (named ``stage.<key>``, as the stage's YAML calls them)."""
+        for key in ("max_steps", "lr"):
+            _positive(f"stage.{key}", getattr(self, key))
+        for key in ("warmup_steps", "weight_decay"):
+            _check(getattr(self, key) >= 0, f"stage.{key} must be >= 0, got {getattr(self, key)}")
+
+    def optim(self) -> OptimConfig:
+        """The module's optimizer settings (the schedule runs over ``max_steps``)."""
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay,  # type: ignore[attr-defined]
+                           warmup_steps=self.warmup_steps, total_steps=self.max_steps)  # type: ignore[attr-defined]
+
+
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainsSFTModule):
     """``stage=sft`` (paper Eq. 2; also the loop's ``stage.sft`` node): loss on the answer tokens only."""
 
     name: str = "sft"
@@ -65,17 +82,11 @@ class SFTConfig:
     evaluate: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "lr", "val_every"):
+        self.check_schedule()
+        for key in ("batch_size", "val_every"):
             _positive(f"stage.{key}", getattr(self, key))
         for key in ("train_size", "val_size"):
             _positive(f"stage.{key}", getattr(self, key), allow_none=True)
-        _check(self.warmup_steps >= 0, f"stage.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(self.weight_decay >= 0, f"stage.weight_decay must be >= 0, got {self.weight_decay}")
-
-    def optim(self) -> OptimConfig:
-        """The module's optimizer settings (the schedule runs over ``max_steps``)."""
-        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
-                           total_steps=self.max_steps)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> SFTConfig:
@@ -84,7 +95,7 @@ class SFTConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(TrainsSFTModule):
     """``stage=distill`` (Algorithm 1 line 14; also the loop's ``stage.distill_settings``): the generator
     fine-tuned on selected candidates with the SFT module."""
 
@@ -101,16 +112,9 @@ class DistillConfig:
     warmup_steps: int = 10
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "lr"):
-            _positive(f"stage.{key}", getattr(self, key))
+        self.check_schedule()
+        _positive("stage.batch_size", self.batch_size)
         _positive("stage.train_size", self.train_size, allow_none=True)
-        _check(self.warmup_steps >= 0, f"stage.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(self.weight_decay >= 0, f"stage.weight_decay must be >= 0, got {self.weight_decay}")
-
-    def optim(self) -> OptimConfig:
-        """The SFT module's optimizer settings (the schedule runs over ``max_steps``)."""
-        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
-                           total_steps=self.max_steps)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> DistillConfig:

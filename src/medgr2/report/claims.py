@@ -28,7 +28,9 @@ from medgr2.report.tables import table2
 MARGIN = 0.01  # one point: a gain smaller than this is "no gain" (see significance.verdict)
 CLAIMS_INTRO = (f"Each row compares two arms on the same test questions, seed by seed (B − A, percentage points). "
                 f"Verdict at 95%: **reproduced** — the interval lies above 0 (for '≥': above −{100 * MARGIN:.0f} "
-                f"point); **not reproduced** — it lies below +{100 * MARGIN:.0f} point (for '≥': below 0); "
+                f"point), **reproduced, under {100 * MARGIN:.0f} point** when it also lies below +{100 * MARGIN:.0f} "
+                f"(real, but too small to be the claimed gain); **not reproduced** — it lies below "
+                f"+{100 * MARGIN:.0f} point otherwise (for '≥': below 0); "
                 "**inconclusive** — neither: more seeds or test questions are needed. One seed: McNemar's exact p "
                 "and a paired bootstrap interval (the seed spread is not in it). Several: a seed-matched paired t "
                 "whose standard error adds the question bootstrap.")

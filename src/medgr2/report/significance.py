@@ -32,6 +32,11 @@ BOOT_SEED = 0  # fixed, so a report is reproducible to the last digit
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
+def small_verdict(margin: float) -> str:
+    """The verdict of a gain that is real (its interval above 0) but entirely under ``margin``."""
+    return f"reproduced, under {100 * margin:g} point{'' if 100 * margin == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A mean (accuracy or difference of accuracies) with its ``level`` interval ``[lo, hi]``.
@@ -207,8 +212,9 @@ def paired_comparison(a, b, seeds: Sequence[str] | None = None, n_boot: int = N_
 def verdict(est: Estimate, relation: str = ">", margin: float = 0.01) -> str:
     """``reproduced`` / ``not reproduced`` / ``inconclusive`` for a claim about a difference B - A.
 
-    ``">"`` (B beats A): reproduced when the interval lies above 0; not reproduced when it lies below
-    ``margin`` (any gain is smaller than the margin, or B is worse); else inconclusive.
+    ``">"`` (B beats A): reproduced when the interval lies above 0 — ``reproduced, under <margin> point`` when it
+    also lies below ``margin`` (a real gain, but too small to be the claimed one); not reproduced when it lies
+    below ``margin`` otherwise (any gain is smaller than the margin, or B is worse); else inconclusive.
     ``">="`` (B reaches A, non-inferiority): reproduced when the interval lies above ``-margin``; not
     reproduced when it lies below 0 (B is worse); else inconclusive. A NaN interval is inconclusive.
     """
@@ -216,7 +222,7 @@ def verdict(est: Estimate, relation: str = ">", margin: float = 0.01) -> str:
         return "inconclusive"
     if relation == ">":
         if est.lo > 0:
-            return "reproduced"
+            return small_verdict(margin) if est.hi < margin else "reproduced"
         return "not reproduced" if est.hi < margin else "inconclusive"
     if relation == ">=":
         if est.lo > -margin:
