@@ -41,6 +41,8 @@ def test_run_seed_does_not_move_the_shared_products_but_their_own_seeds_do(make_
     c = make_cfg("stage=loop", "seeds.base=1", "seeds.reward=2", "seeds.pool=3")
     assert base_key(c) != base_key(a) and reward_key(c) != reward_key(a)
     assert c.stage.generate.seed == 3 and c.generator.seed == 3 and product_seed(c, "reward") == 2
+    # R_φ^0 trains from the pretrained base: another base seed is another R_φ^0, not a cache hit.
+    assert reward_key(make_cfg("stage=loop", "seeds.base=1")) != reward_key(a)
     # Both ways of seeding: the products can follow the run's seed.
     d = make_cfg("stage=loop", "seed=4", "seeds.pool=${seed}")
     assert d.stage.generate.seed == 4

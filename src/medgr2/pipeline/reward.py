@@ -82,7 +82,10 @@ def reward_key(cfg: DictConfig, r: DictConfig | None = None) -> str:
     # config with it set has the key of the same config without it).
     settings = {k: v for k, v in to_dict(r).items()
                 if k not in NON_KEY_SETTINGS and not (k in ZERO_OFF_KEY_SETTINGS and not v)}
-    return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"), *seed_part(cfg, "reward"))
+    # R_φ^0 trains from the pretrained base, so the base's seed is part of its identity (empty at the default 0:
+    # the keys of existing exports, the shipped one among them, do not change).
+    return fingerprint("rm-v1", model, cfg.data, settings, cfg.data.get("instruction"), *seed_part(cfg, "reward"),
+                       *seed_part(cfg, "base"))
 
 
 def output_path(cfg: DictConfig, r: DictConfig | None = None, folder: Path | None = None) -> Path:
