@@ -157,7 +157,6 @@ class GRPOConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     total_steps: int = 100  # stage.max_steps in the pipeline (the cosine schedule's length)
-    eight_bit_optim: bool = False  # bitsandbytes' 8-bit AdamW (GPU)
     # gradient clipping by norm (the module clips: manual optimization); None / 0: none. train/grad_norm logs the
     # norm before clipping
     max_grad_norm: float | None = 1.0
@@ -266,8 +265,8 @@ class GRPOStageConfig:
 
 
 #: Keys of :class:`GRPOConfig` that no YAML sets: the pipeline derives them (``total_steps`` = ``stage.max_steps``,
-#: ``instruction`` = the run's ``data.instruction``), or they are not exposed (``eight_bit_optim``).
-PIPELINE_KEYS = ("total_steps", "instruction", "eight_bit_optim")
+#: ``instruction`` = the run's ``data.instruction``).
+PIPELINE_KEYS = ("total_steps", "instruction")
 
 #: The flat schema ``conf/stage/grpo.yaml`` extends: :class:`GRPOStageConfig`'s keys + every GRPO knob but
 #: :data:`PIPELINE_KEYS`, each with its dataclass type and default.

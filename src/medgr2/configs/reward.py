@@ -45,7 +45,6 @@ class RewardModelConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 30
     total_steps: int = 800  # stage.max_steps: the optimizer steps and the cosine schedule's length
-    eight_bit_optim: bool = False  # bitsandbytes' 8-bit AdamW (GPU)
     # held-out separation accuracy: good >= hi, bad <= lo (the pipeline passes stage.grading.synonym / .deletion)
     hi: float = 6.0
     lo: float = 0.0
@@ -140,8 +139,8 @@ def check_node(node: Mapping[str, Any]) -> None:
 
 
 #: Keys of :class:`RewardModelConfig` that no YAML sets: the pipeline passes them (``hi``/``lo`` = the grading's
-#: synonym/deletion grades, ``instruction`` = the run's ``data.instruction``), or they are not exposed.
-PIPELINE_KEYS = ("hi", "lo", "instruction", "eight_bit_optim")
+#: synonym/deletion grades, ``instruction`` = the run's ``data.instruction``).
+PIPELINE_KEYS = ("hi", "lo", "instruction")
 
 #: The flat schema ``conf/stage/reward.yaml`` extends: D_grade's keys (:class:`GradeStageConfig`, named
 #: ``reward``) + R_φ's (``max_steps`` for the module's ``total_steps``), each with its dataclass type and default.

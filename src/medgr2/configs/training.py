@@ -32,7 +32,6 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     total_steps: int = 1000  # the cosine schedule's length: the stage's max_steps
-    eight_bit_optim: bool = False  # bitsandbytes' 8-bit AdamW (GPU)
 
     def __post_init__(self) -> None:
         _positive("lr", self.lr)

@@ -82,8 +82,8 @@ class GRPOPolicy(RolloutMixin, VLMModule):
         # load with weights_only=True); the flat values are saved below.
         config = None  # noqa: F841
         super().__init__(model, weights=weights, optim=OptimConfig(
-            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
-            eight_bit_optim=cfg.eight_bit_optim), lora=lora)
+            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps),
+            lora=lora)
         # Flat plain values only: checkpoints load with weights_only=True and rebuild the module from them.
         self.save_hyperparameters({"model": model, "weights": weights, "lora": lora, **cfg.to_flat()},
                                   logger=False)

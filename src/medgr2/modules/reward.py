@@ -79,8 +79,8 @@ class RewardRegressor(VLMModule):
         # values are saved below.
         config = None  # noqa: F841
         super().__init__(model=model, weights=weights, optim=OptimConfig(
-            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
-            eight_bit_optim=cfg.eight_bit_optim), lora=lora)
+            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps),
+            lora=lora)
         self.save_hyperparameters({"model": model, "weights": weights, "lora": lora, "target_mean": float(target_mean),
                                    "target_std": float(target_std), **dataclasses.asdict(cfg)}, logger=False)
         self.cfg = cfg
@@ -167,12 +167,7 @@ class RewardRegressor(VLMModule):
             {"params": list(self.head.parameters()), "lr": c.head_lr or c.lr},
         ]
         groups = [g for g in groups if g["params"]]
-        if c.eight_bit_optim:
-            import bitsandbytes as bnb
-
-            opt = bnb.optim.AdamW8bit(groups, weight_decay=c.weight_decay)
-        else:
-            opt = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
+        opt = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, c.warmup_steps, c.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -88,8 +88,7 @@ class VLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        return adamw_warmup_cosine(self.model.parameters(), o.lr, o.weight_decay, o.warmup_steps, o.total_steps,
-                                   o.eight_bit_optim)
+        return adamw_warmup_cosine(self.model.parameters(), o.lr, o.weight_decay, o.warmup_steps, o.total_steps)
 
     def export(self, out_dir: str | Path) -> Path:
         """Save weights + processor with ``save_pretrained`` (LoRA merged) for later stages to load."""

@@ -22,14 +22,14 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 
 def adamw_warmup_cosine(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, warmup_steps: int,
-                        total_steps: int, eight_bit: bool = False):
-    """AdamW (optionally bitsandbytes' 8-bit AdamW) with a per-step warm-up/cosine schedule, Lightning-style."""
-    params = [p for p in params if p.requires_grad]
-    if eight_bit:
-        import bitsandbytes as bnb
+                        total_steps: int):
+    """AdamW with a per-step warm-up/cosine schedule, Lightning-style.
 
-        opt = bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    No 8-bit AdamW: on a GPU the large models train LoRA adapters (model.lora; QLoRA with quantization=4bit), whose
+    optimizer states are small. The flag that once chose bitsandbytes' AdamW8bit was settable by no config and
+    never run, so it was removed rather than kept untested.
+    """
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup_steps, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
