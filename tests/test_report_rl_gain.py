@@ -15,15 +15,17 @@ from medgr2.report.rl_gain import gain_matrix, gain_tables
 RUNS = [("0", 0.80, 0.84, 0.40, 0.38), ("1", 0.78, 0.80, 0.42, 0.42)]
 
 
-def build(root, option_runs=()):
+def build(root, option_runs=(), match_runs=()):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("medgr2", artifact_location=str(root / "mlruns"))
-    for i, (seed, s_ct, g_ct, s_mri, g_mri, *sweep) in enumerate([*RUNS, *option_runs]):
-        tags = {"experiment": "cross_modality_grpo", "seed": seed, "source": "CT", "source_axis": "modality",
+    arms = [("cross_modality_grpo", r) for r in [*RUNS, *option_runs]] + [("cross_modality_grpo_match", r)
+                                                                          for r in match_runs]
+    for i, (experiment, (seed, s_ct, g_ct, s_mri, g_mri, *sweep)) in enumerate(arms):
+        tags = {"experiment": experiment, "seed": seed, "source": "CT", "source_axis": "modality",
                 "data": "synthmed", "sweep": " ".join(["source=CT", *sweep])}
         top = client.create_run(exp, tags={**tags, "stage": "loop"}, run_name=f"cm seed={seed}",
                                 start_time=1_700_000_000_000 + i)
@@ -89,6 +91,25 @@ def test_a_recipe_option_is_its_own_arm_with_its_gain_difference_to_the_recipe(t
     assert set(files) == {"cross_modality_grpo", label}
     assert files[label].name == "hacking_cross_modality_grpo_stage.grpo.difficulty_filter=true.png"
     assert set(table[table["arm"] == label]["runs"]) == {2}
+
+
+def test_the_match_reward_arm_is_compared_with_the_papers_reward_on_the_same_seeds_and_sources(tmp_path):
+    from medgr2.report.aggregate import PredictionCache
+    from medgr2.report.claims import claims_table
+    from medgr2.report.mlflow_runs import load_runs
+
+    # the match reward's GRPO on CT: +0.01 / +0.05 where the paper's reward gave +0.04 / +0.02
+    runs = load_runs(build(tmp_path, match_runs=[("0", 0.80, 0.81, 0.40, 0.40), ("1", 0.78, 0.83, 0.42, 0.43)]))
+    _, summary = gain_tables(runs, "modality")
+    match = summary[summary["arm"] == "cross_modality_grpo_match"].set_index("domain")
+    assert match.loc["in-domain", "gain"] == pytest.approx(0.03)
+    assert match.loc["in-domain", "vs base"] == pytest.approx(((0.01 - 0.04) + (0.05 - 0.02)) / 2)
+    assert match.loc["off-diagonal", "vs base"] == pytest.approx(((0.0 - -0.02) + (0.01 - 0.0)) / 2)
+    paper = summary[summary["arm"] == "cross_modality_grpo"].set_index("domain")
+    assert math.isnan(paper.loc["in-domain", "vs base"])  # the paper's reward is the reference
+    claims = claims_table(runs, PredictionCache(lambda rid: None)).set_index("claim")
+    row = claims.loc["the match reward raises GRPO's gain over the paper's reward (off-diagonal)"]
+    assert row["diff"] == pytest.approx(0.015) and row["seeds"] == 2 and row["verdict"] == "inconclusive"
 
 
 def test_a_run_without_the_sft_metrics_is_skipped_with_the_reason(tmp_path):
