@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -41,6 +41,21 @@ def from_node(cls: type[T], node: Mapping[str, Any], stage: str, ignore: tuple[s
     return cls(**values)
 
 
+class NodeConfig:
+    """Mixin of the typed stage configs: :meth:`from_node` reads a resolved node into the dataclass.
+
+    A subclass names itself in ``node_name`` (the stage an unknown-key error names) and may leave nodes that hold
+    other stages' settings to them (``node_ignore``)."""
+
+    node_name: ClassVar[str] = ""
+    node_ignore: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> Self:
+        """From a resolved node (a plain mapping): an unknown key or a bad value is a one-line error."""
+        return from_node(cls, node, cls.node_name, ignore=cls.node_ignore)
+
+
 def replaced(config: T, what: str, **changes: Any) -> T:
     """A copy of dataclass ``config`` with some fields changed (validated again by its ``__post_init__``); an
     unknown name is a one-line error naming it and ``what`` the config is."""
@@ -69,4 +84,4 @@ def flat_fields(cls: type, flatten: tuple[str, ...] = (), exclude: tuple[str, ..
     return out
 
 
-__all__ = ["check", "flat_fields", "from_node", "non_negative", "one_of", "positive", "replaced"]
+__all__ = ["NodeConfig", "check", "flat_fields", "from_node", "non_negative", "one_of", "positive", "replaced"]

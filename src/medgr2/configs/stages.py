@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from medgr2.configs.base import check, from_node, non_negative, one_of, positive
+from medgr2.configs.base import NodeConfig, check, non_negative, one_of, positive
 
 SCORE_SOURCES = ("generated", "split")
 #: Nodes of ``stage=score`` / ``stage=select`` that hold another stage's settings (read by that stage's code).
@@ -18,8 +18,10 @@ SELECT_STEP_NODES = ("score",)
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(NodeConfig):
     """The ``evaluate`` group (conf/evaluate/): greedy decoding, answer extraction, accuracy / F1 / AUC."""
+
+    node_name = "evaluate (the evaluate group)"
 
     split: str = "test"
     limit: int | None = None  # evaluate the first N questions only (None: all)
@@ -37,29 +39,23 @@ class EvaluateConfig:
         check(self.protocol in PROTOCOLS,
               f"evaluate.protocol: unknown evaluation protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> EvaluateConfig:
-        """From the resolved ``evaluate`` node."""
-        return from_node(cls, node, "evaluate (the evaluate group)")
-
 
 @dataclass
-class EvaluateStageConfig:
+class EvaluateStageConfig(NodeConfig):
     """``stage=evaluate``: evaluate a policy (``evaluate.weights``) on ``evaluate.split``; its settings are the
     ``evaluate`` group's (:class:`EvaluateConfig`)."""
 
-    name: str = "evaluate"
+    node_name = "evaluate"
 
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> EvaluateStageConfig:
-        """From the resolved ``stage`` node."""
-        return from_node(cls, node, "evaluate")
+    name: str = "evaluate"
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(NodeConfig):
     """``stage=generate`` (paper §3, Algorithm 1 line 3; also the loop's ``stage.generate``): candidates from the
     ``generator`` backend with the ``prompt`` strategy, in resumable Parquet shards (docs/generation.md)."""
+
+    node_name = "generate"
 
     name: str = "generate"
     source_split: str = "train"  # split whose images (and, for `simulated`, ground truth) are used
@@ -89,17 +85,15 @@ class GenerateConfig:
         check(self.question_types is None or isinstance(self.question_types, list | tuple),
               f"stage.question_types must be a list or null, got {self.question_types!r}")
 
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> GenerateConfig:
-        """From a resolved ``stage`` node of ``stage=generate`` (or the loop's ``stage.generate``)."""
-        return from_node(cls, node, "generate")
-
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(NodeConfig):
     """``stage=score`` (also the loop's ``stage.score``): score candidate triplets with R_φ; writes a ``score``
     column (+ provenance) to ``output``; resumable. Its ``rm`` / ``generate`` nodes are stage=reward's and
     stage=generate's settings (:data:`SCORE_STEP_NODES`)."""
+
+    node_name = "score"
+    node_ignore = SCORE_STEP_NODES
 
     name: str = "score"
     model: str | None = None  # an R_φ export folder; None: the cached one for stage.rm (trained if missing)
@@ -122,17 +116,15 @@ class ScoreConfig:
         positive("stage.batch_size", self.batch_size)
         positive("stage.chunk_size", self.chunk_size)
 
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> ScoreConfig:
-        """From a resolved ``stage`` node of ``stage=score`` (its ``rm``/``generate`` nodes are left to them)."""
-        return from_node(cls, node, "score", ignore=SCORE_STEP_NODES)
-
 
 @dataclass
-class SelectStageConfig:
+class SelectStageConfig(NodeConfig):
     """``stage=select`` (Algorithm 1 lines 5-9): where the pool and D_gen are and where the selection goes; the
     method and its k / tau are the ``select`` group's (validated by :mod:`medgr2.data.selection`). Its ``score``
     node is the stage=score settings whose default output is the default pool."""
+
+    node_name = "select"
+    node_ignore = SELECT_STEP_NODES
 
     name: str = "select"
     # a scored dataset (stage=score output), Parquet file(s) or a generation out_dir; None: stage=score's default
@@ -149,29 +141,23 @@ class SelectStageConfig:
         check(self.existing is None or isinstance(self.existing, str | list | tuple),
               f"stage.existing must be a dataset folder, a list of them or null, got {self.existing!r}")
 
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> SelectStageConfig:
-        """From a resolved ``stage`` node of ``stage=select`` (its ``score`` node is left to stage=score)."""
-        return from_node(cls, node, "select", ignore=SELECT_STEP_NODES)
-
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(NodeConfig):
     """``stage=pretrain``: build (or find) the pretrained base of the tiny model (``model.pretrain`` holds its
     settings). The repository ships the default config's base (src/medgr2/assets/base/)."""
+
+    node_name = "pretrain"
 
     name: str = "pretrain"
     ship: bool = False  # True: pretrain anew and make the result the shipped base (`make base`; docs/architecture.md)
 
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> PretrainConfig:
-        """From the resolved ``stage`` node."""
-        return from_node(cls, node, "pretrain")
-
 
 @dataclass
-class InspectConfig:
+class InspectConfig(NodeConfig):
     """``stage=inspect``: counts per modality x question type, option counts, skipped records by reason."""
+
+    node_name = "inspect"
 
     name: str = "inspect"
     splits: Any = ("train", "val", "test")  # splits counted
@@ -182,11 +168,6 @@ class InspectConfig:
         check(isinstance(self.splits, list | tuple) and len(self.splits) > 0,
               f"stage.splits must be a non-empty list, got {self.splits!r}")
         positive("stage.seq_rows", self.seq_rows, allow_none=True)
-
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> InspectConfig:
-        """From the resolved ``stage`` node."""
-        return from_node(cls, node, "inspect")
 
 
 __all__ = ["SCORE_SOURCES", "SCORE_STEP_NODES", "SELECT_STEP_NODES", "EvaluateConfig", "EvaluateStageConfig",

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from medgr2.configs.base import NodeConfig, replaced
 from medgr2.configs.base import check as _check
 from medgr2.configs.base import from_node as _from_node
 from medgr2.configs.base import positive as _positive
-from medgr2.configs.base import replaced
 
 GRPO_PROMPTS = ("d_gen", "train")
 #: The loop's nodes that are single stages' own configs (each read by that stage's code).
@@ -62,8 +62,10 @@ class TrainsSFTModule:
 
 
 @dataclass
-class SFTConfig(TrainsSFTModule):
+class SFTConfig(TrainsSFTModule, NodeConfig):
     """``stage=sft`` (paper Eq. 2; also the loop's ``stage.sft`` node): loss on the answer tokens only."""
+
+    node_name = "sft"
 
     name: str = "sft"
     think: bool = True  # target <think>rationale</think><answer>X</answer>; False: <answer>X</answer> only
@@ -86,11 +88,6 @@ class SFTConfig(TrainsSFTModule):
             _positive(f"stage.{key}", getattr(self, key))
         for key in ("train_size", "val_size"):
             _positive(f"stage.{key}", getattr(self, key), allow_none=True)
-
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> SFTConfig:
-        """From a resolved ``stage`` node (a plain mapping)."""
-        return _from_node(cls, node, "sft")
 
 
 @dataclass
@@ -154,9 +151,12 @@ class AdaptConfig:
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(NodeConfig):
     """``stage=loop`` (Algorithm 1): the loop's own keys. Its step nodes (:data:`LOOP_STEP_NODES`) are the
     single stages' configs and are read by those stages."""
+
+    node_name = "loop"
+    node_ignore = LOOP_STEP_NODES
 
     name: str = "loop"
     iterations: int = 2  # T
@@ -181,11 +181,6 @@ class LoopConfig:
         _check(self.seed_size >= 0, f"stage.seed_size must be >= 0, got {self.seed_size}")
         _check(self.grpo_prompts in GRPO_PROMPTS,
                f"stage.grpo_prompts={self.grpo_prompts!r}: choose one of {', '.join(GRPO_PROMPTS)}")
-
-    @classmethod
-    def from_node(cls, node: Mapping[str, Any]) -> LoopConfig:
-        """From the resolved ``stage`` node of ``stage=loop`` (its step nodes are left to the steps)."""
-        return _from_node(cls, node, "loop", ignore=LOOP_STEP_NODES)
 
 
 __all__ = ["GRPO_PROMPTS", "LOOP_STEP_NODES", "AdaptConfig", "DistillConfig", "LoopConfig", "OptimConfig", "SFTConfig"]
