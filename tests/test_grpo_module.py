@@ -251,3 +251,23 @@ def test_ddp_grpo_runs_with_two_cpu_processes_each_on_its_own_prompts(tmp_path, 
     # DDP averaged the gradients: both ranks end with the same weights.
     assert audits[0]["param_checksum"] == pytest.approx(audits[1]["param_checksum"], rel=1e-9, abs=1e-9)
     assert len(list(tmp_path.glob("outputs/grpo/*/policy/model.safetensors"))) == 1  # rank 0 exports alone
+
+
+def test_ddp_difficulty_filter_without_an_informative_group_takes_no_step_and_stops_after_an_epoch(tmp_path,
+                                                                                                   shared_cache):
+    # Random weights never answer right: every group of both ranks is all wrong, so both skip every batch (the
+    # decision is a collective: a rank stepping alone would hang DDP's all-reduce) and stop together after one
+    # epoch. Ranks that disagree (one silenced with zero advantages) need a policy that is sometimes right.
+    env = {**os.environ, "MEDGR2_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *TEST_OVERRIDES, f"paths.cache_dir={shared_cache}",
+           "stage=grpo", "trainer=ddp", "logger=none", "model.pretrain.enabled=false", "stage.max_steps=50",
+           "stage.train_size=16", "stage.batch_size=2", "stage.max_new_tokens=8", "stage.evaluate=false",
+           "stage.difficulty_filter=true"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "no informative prompt in 4 consecutive batches" in out  # 16 prompts / 2 ranks / 2 per batch
+    audits = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("outputs/grpo/*/grpo_ranks/rank*.json"))]
+    assert [a["rank"] for a in audits] == [0, 1] and [a["steps"] for a in audits] == [0, 0]  # no optimizer step
+    assert audits[0]["param_checksum"] == pytest.approx(audits[1]["param_checksum"], rel=1e-9, abs=1e-9)
